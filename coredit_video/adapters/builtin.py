@@ -1,0 +1,26 @@
+"""Adapter for the built-in host :class:`coredit_video.models.MultiViewSTDiT`."""
+from __future__ import annotations
+
+from ..registry import HOST_ADAPTERS
+from .base import HostAdapter
+
+
+@HOST_ADAPTERS.register_module(name="builtin")
+class BuiltinHostAdapter(HostAdapter):
+    default_groups = ("base_blocks_s", "control_blocks_s")
+
+    def matches(self, model) -> bool:
+        from ..models import MultiViewSTDiT
+
+        return isinstance(model, MultiViewSTDiT)
+
+    def attach(self, model, controller) -> list:
+        def learn_frame(module, args, kwargs):
+            x = args[0] if args else kwargs["x"]
+            t = args[1] if len(args) > 1 else kwargs.get("timestep")
+            controller.set_frame(module.token_grid(x), timestep=t, batch=x.shape[0])
+
+        return [model.register_forward_pre_hook(learn_frame, with_kwargs=True)]
+
+    def sp_group(self, model):
+        return getattr(model, "sp_group", None)

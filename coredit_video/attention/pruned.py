@@ -1,0 +1,69 @@
+"""CoReDiT pruned self-attention: score, select, attend on retained tokens only, reconstruct.
+
+Data flow for one frame batch ``x [F, N, C]`` (``F`` = batch x views x frames, ``N = H*W``):
+
+1. ``sc = spatial_coherence(x)``                  ``[F, N]`` float32
+2. ``keep, skip = select_tokens(sc)``             ``[F, N-K]``, ``[F, K]``
+3. ``x_keep = x[keep]``                           ``[F, N-K, C]``
+4. ``y_keep = proj(MHSA(qkv(x_keep)))``           ``[F, N-K, C]`` (only retained tokens)
+5. ``y = reconstruct(y_keep, keep, skip, sc)``    ``[F, N, C]``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..ops import band_budgets, reconstruct, select_tokens, spatial_coherence
+from .dense import dense_self_attention
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
+
+    ordinal: int
+    grid: Tuple[int, int]
+    subgrid: Tuple[int, int]
+    stride: int
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]``."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def pruned_self_attention(
+    attn: nn.Module,
+    x: torch.Tensor,
+    hw: Tuple[int, int],
+    ratio: float,
+    layout: BlockLayout,
+    bands: int = 1,
+    backend: str = "auto",
+    attend: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
+    on_scores: Optional[Callable[[torch.Tensor], None]] = None,
+) -> torch.Tensor:
+    """Self-attention of ``x [F, N, C]`` with the ``ratio`` most coherent tokens skipped.
+
+    ``attend(attn, x_keep) -> y_keep`` computes MHSA on retained tokens (default: local dense
+    attention; sequence parallelism passes one that crosses the all-to-all). ``on_scores(sc)``
+    receives the detached ``[F, N]`` scores (for schedule statistics). Ratio 0 runs the dense
+    attention on all tokens with no scoring.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"self-attention input must be [F, N, C], got {tuple(x.shape)}")
+    attend = attend or (lambda a, t: dense_self_attention(a, t, backend))
+    K = sum(band_budgets(hw, ratio, layout.stride, layout.ordinal, bands))
+    if K == 0 and on_scores is None:
+        return attend(attn, x)
+    sc = spatial_coherence(x, hw, layout.grid, bands)
+    if on_scores is not None:
+        on_scores(sc.detach())
+    if K == 0:
+        return attend(attn, x)
+    keep, skip = select_tokens(sc.detach(), hw, ratio, layout.stride, layout.ordinal, bands)
+    y_keep = attend(attn, gather_tokens(x, keep))
+    return reconstruct(y_keep, keep, skip, sc, hw, layout.grid, layout.subgrid, bands)

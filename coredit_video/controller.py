@@ -1,0 +1,178 @@
+"""The handle ``apply`` returns: prunable blocks in plan order, their ratios, the denoising phase,
+coherence statistics for the schedule, and pruning plans (JSON)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .attention import BlockLayout, pruned_self_attention
+from .config import PruneConfig, check_ratio_cap
+from .ops import redundancy_increment
+
+PHASES = ("main", "late")
+PLAN_VERSION = 1
+
+
+class PruningController:
+    def __init__(self, model: nn.Module, cfg: PruneConfig, adapter, blocks: List[Tuple[str, nn.Module]],
+                 bands: int):
+        self.cfg = cfg
+        self.adapter = adapter
+        self.bands = bands
+        self.names = [name for name, _ in blocks]
+        self.modules = [mod for _, mod in blocks]
+        self.layouts = [
+            BlockLayout(l, *cfg.grid_specs[l % len(cfg.grid_specs)], stride=cfg.stride) for l in range(len(blocks))
+        ]
+        self._ratios = [0.0] * len(blocks)
+        self.phase = "main"
+        self.enabled = True
+        self.hw: Optional[Tuple[int, int]] = None
+        self.timestep: Optional[torch.Tensor] = None
+        self._stats_delta: Optional[float] = None
+        self._stats: Dict[int, List[float]] = {}
+        if cfg.plan:
+            self.load_plan(cfg.plan)
+        else:
+            self.set_ratios(cfg.ratios)
+
+    # ------------------------------------------------------------------ ratios
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def ratios(self) -> List[float]:
+        """Base ratio ``r_l`` of each prunable block, in plan order (a copy)."""
+        return list(self._ratios)
+
+    def set_ratios(self, ratios: Union[float, Sequence[float]]) -> None:
+        vals = [float(ratios)] * len(self) if isinstance(ratios, (int, float)) else [float(r) for r in ratios]
+        if len(vals) != len(self):
+            raise ValueError(f"got {len(vals)} ratios for {len(self)} prunable blocks ({self.names[:3]}...)")
+        for r in vals:
+            check_ratio_cap(r, self.cfg.max_ratio)
+        self._ratios = vals
+
+    def set_ratio(self, ordinal: int, ratio: float) -> None:
+        check_ratio_cap(ratio, self.cfg.max_ratio)
+        self._ratios[ordinal] = float(ratio)
+
+    @property
+    def mean_ratio(self) -> float:
+        return sum(self._ratios) / max(1, len(self))
+
+    def effective_ratio(self, ordinal: int, phase: Optional[str] = None) -> float:
+        """``r_l`` in the main phase, ``c * r_l`` in the last ``late_steps`` steps; 0 when disabled."""
+        if not self.enabled:
+            return 0.0
+        r = self._ratios[ordinal]
+        return r * self.cfg.late_factor if (phase or self.phase) == "late" else r
+
+    # ------------------------------------------------------------------ phase and frame
+    def set_phase(self, phase: str) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        self.phase = phase
+
+    def set_step(self, step_index: int, num_steps: int) -> str:
+        """Sampler hook: step ``i`` of ``num_steps`` (0-based); the last ``late_steps`` are 'late'."""
+        if not 0 <= step_index < num_steps:
+            raise ValueError(f"step_index {step_index} outside [0, {num_steps})")
+        self.set_phase("late" if step_index >= num_steps - self.cfg.late_steps else "main")
+        return self.phase
+
+    def set_frame(self, hw: Tuple[int, int], timestep: Optional[torch.Tensor] = None, batch: Optional[int] = None):
+        """Adapter hook: the padded token grid ``(H, W)`` of this forward's frames (and its timestep)."""
+        self.hw = (int(hw[0]), int(hw[1]))
+        if self.hw[0] % self.bands:
+            raise ValueError(
+                f"the frame has {self.hw[0]} token rows, not a multiple of bands={self.bands}; pad H for "
+                "the SP size (MagicDrive-V2: force_pad_h_for_sp_size / simulate_sp_size) or change bands"
+            )
+        self.timestep = timestep
+
+    # ------------------------------------------------------------------ statistics for the schedule
+    def collect_stats(self, delta_ratio: Optional[float]) -> None:
+        """Start (``delta_ratio`` > 0) or stop (``None``) recording eq. 4's ``dR_l`` each forward."""
+        self._stats_delta = delta_ratio
+        self._stats = {}
+
+    def pop_stats(self) -> List[Optional[float]]:
+        """Mean recorded ``dR_l`` per block since the last pop (``None`` where nothing was seen)."""
+        out = [(sum(v) / len(v)) if (v := self._stats.get(l)) else None for l in range(len(self))]
+        self._stats = {}
+        return out
+
+    def _scores_hook(self, ordinal: int):
+        if self._stats_delta is None or not torch.is_grad_enabled() and self.modules[ordinal].training:
+            return None
+        layout, hw, r, d = self.layouts[ordinal], self.hw, self._ratios[ordinal], self._stats_delta
+
+        def record(sc: torch.Tensor) -> None:
+            dr = redundancy_increment(sc, hw, r, d, layout.stride, layout.ordinal, self.bands)
+            self._stats.setdefault(ordinal, []).append(float(dr))
+
+        return record
+
+    # ------------------------------------------------------------------ the patched forward
+    def run_block(self, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Pruned self-attention for block ``ordinal`` on ``x [frames, tokens, C]``."""
+        if self.hw is None:
+            raise RuntimeError(
+                f"{self.names[ordinal]} ran before the host told its frame size; call the model's forward "
+                "(the adapter hooks it) or controller.set_frame((H, W)) first"
+            )
+        H, W = self.hw
+        if x.dim() != 3 or x.shape[1] != H * W:
+            raise ValueError(
+                f"{self.names[ordinal]}: expected [frames, {H}*{W}={H * W}, C] tokens, got {tuple(x.shape)}; "
+                "the adapter's frame size does not match this block's input"
+            )
+        return pruned_self_attention(
+            attn, x, self.hw, self.effective_ratio(ordinal), self.layouts[ordinal], self.bands,
+            self.cfg.backend, on_scores=self._scores_hook(ordinal),
+        )
+
+    # ------------------------------------------------------------------ plans
+    def plan(self) -> dict:
+        return {
+            "version": PLAN_VERSION,
+            "blocks": list(self.names),
+            "ratios": self.ratios,
+            "mean_ratio": self.mean_ratio,
+            "max_ratio": self.cfg.max_ratio,
+            "late_factor": self.cfg.late_factor,
+            "late_steps": self.cfg.late_steps,
+            "grids": [[list(g), list(s)] for g, s in self.cfg.grid_specs],
+            "stride": self.cfg.stride,
+            "bands": self.bands,
+        }
+
+    def save_plan(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.plan(), f, indent=2)
+        os.replace(tmp, path)
+
+    def load_plan(self, path_or_plan: Union[str, dict]) -> None:
+        if isinstance(path_or_plan, dict):
+            plan = path_or_plan
+        else:
+            if not os.path.isfile(path_or_plan):
+                raise FileNotFoundError(f"pruning plan {path_or_plan!r} not found; save one with save_plan()")
+            with open(path_or_plan) as f:
+                plan = json.load(f)
+        if plan.get("blocks") is not None and list(plan["blocks"]) != self.names:
+            raise ValueError(
+                f"plan lists {len(plan['blocks'])} blocks that do not match this model's {len(self)} prunable "
+                "blocks in order; was it saved for another model or another block selection?"
+            )
+        ratios = plan["ratios"]
+        if any(not math.isfinite(r) for r in ratios):
+            raise ValueError("plan holds a non-finite ratio")
+        self.set_ratios(ratios)

@@ -1,0 +1,635 @@
+"""Analytic FLOPs of a MagicDrive-V2 style multi-view video DiT, dense and with CoReDiT pruning.
+
+Units
+-----
+Every number returned here is **FLOPs of one forward pass of the DiT for one sample**: all camera
+views, all latent frames, base and control branches, one denoising step, no CFG doubling. A
+multiply-add counts as 2 FLOPs. Only matrix products are counted (plus the pruning overhead
+below); norms, modulation, softmax, RoPE, GELU and residual adds are ignored (they are linear in
+``n*C`` with small constants, well under 1% of the total).
+
+Model layout (``MagicDriveSTDiT3``, stage-3 config)
+------------------------------------------------
+Per latent frame a view is an ``H x W`` token grid, ``n = H*W`` tokens of width ``C``; ``T``
+latent frames; ``V`` views; ``L`` cross-attention condition tokens per frame.
+
+* ``depth`` base spatial blocks (``base_blocks_s``): self-attention (**prunable**), cross-attention,
+  cross-view attention, MLP.
+* ``depth`` base temporal blocks (``base_blocks_t``): temporal self-attention (per token column
+  over ``T`` frames), cross-attention, MLP.
+* ``control_depth`` control spatial blocks (``control_blocks_s``): self-attention (**prunable**),
+  cross-attention, MLP; no cross-view attention (``control_skip_cross_view=True``).
+* ``control_depth`` control temporal blocks (``control_blocks_t``, ``control_skip_temporal=False``):
+  as the base temporal blocks.
+
+So the XL model has 28 + 13 = 41 spatial and 41 temporal blocks ("41 + 41").
+
+Per frame and view, per block (multiply-add = 2):
+
+==========================  ================================================================
+kind                        FLOPs per frame and view
+==========================  ================================================================
+spatial_self_attention      ``8 n C^2 + 4 n^2 C`` (qkv ``6nC^2`` + out proj ``2nC^2``; QK^T + AV)
+  pruned, ``k`` kept        ``8 k C^2 + 4 k^2 C + (6 + 4) n C`` (selection + reconstruction)
+cross_view_attention        ``pairwise`` (MagicDrive-V2 code: one attention per neighbour,
+                            summed, then ``mva_proj``): ``N*(2nC^2 + 4nC^2 + 4n^2C + 2nC^2)
+                            + 2nC^2``; ``concat`` (keys of all N neighbours concatenated):
+                            ``2nC^2 + 4(Nn)C^2 + 4n(Nn)C + 2nC^2``
+cross_attention             ``2nC^2 + 4LC^2 + 4nLC + 2nC^2`` (q, kv on L tokens, QK^T + AV, out)
+mlp                         ``2 * 2 n C (mlp_ratio C)``
+temporal_self_attention     ``8 n C^2 + 4 n T C`` (= per column ``8TC^2 + 4T^2C``, over n columns
+                            and divided by T)
+temporal_cross_attention    as cross_attention
+temporal_mlp                as mlp
+other                       patch embedders, map-control patchifier, ``before_proj``/``after_proj``
+                            of the control branch, final layer, caption embedder, ``t_block``
+==========================  ================================================================
+
+Pruning overhead constants (per pruned frame, linear in ``n*C``, see the spec's selection and
+reconstruction): scoring ``SELECTION_FLOPS_PER_TOKEN_CHANNEL = 6`` (normalise: square + sum +
+divide = 3, cell mean = 1, dot with the cell mean = 2) and reconstruction
+``RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL = 4`` (weight x output, scatter-sum into sub-grids,
+divide by the weight sum, gather back). Sorting is ``O(n log n)`` scalar work, not counted. A block
+whose budget is ``K = 0`` runs dense and pays no overhead.
+
+Token budget: per frame and band ``K = floor(r * band_tokens)``, capped at the band's non-forced
+tokens (m-stride retention, ``(i + j - l) mod m == 0`` always kept, default ``m = 3``) and at
+``band_tokens - 1``, exactly as :func:`coredit_video.ops.selection.band_budgets`.
+
+Resolution to tokens: pixels ``/ 8`` (CogVideoX VAE) then ``/ 2`` (patch), each rounded up:
+848 x 1600 -> 106 x 200 latents -> 53 x 100 tokens, ``n = 5300``. Frames: ``1 + (F - 1) // 4``
+latent frames (CogVideoX causal VAE), 17 frames -> ``T = 5``. With ``bands > 1`` the frame height
+must be a multiple of ``bands``; ``pad_h_to_bands=True`` pads it up the way MagicDrive-V2 pads for
+its SP size (53 -> 56 with 8 bands), and the padded rows are computed (dense and pruned alike).
+
+Worked example: ``magicdrive-v2-xl``, 848x1600, 17 frames (T = 5), 6 views, r = 0.26, bands 1
+-------------------------------------------------------------------------------------------
+``C = 1152``, ``n = 5300``, ``L = 300``, ``K = floor(0.26 * 5300) = 1378``, ``k = 3922``.
+
+* self-attention, dense: ``8nC^2 = 5.627e10`` + ``4n^2C = 1.294e11`` = ``1.857e11``;
+  pruned: ``8kC^2 = 4.164e10`` + ``4k^2C = 7.088e10`` + overhead ``10nC = 6.1e7`` = ``1.126e11``;
+  saved ``39.4%`` (paper: -39%).
+* base spatial block, rest: cross-view (pairwise) ``18nC^2 + 8n^2C = 3.855e11``, cross-attn
+  ``4nC^2 + 4LC^2 + 4nLC = 3.706e10``, MLP ``16nC^2 = 1.125e11``;
+  control spatial block: no cross-view; temporal block: ``8nC^2 + 4nTC = 5.639e10`` + cross-attn +
+  MLP = ``2.060e11``.
+* per frame and view: 28 x (1.857e11 + 3.855e11 + 0.371e11 + 1.125e11 + 2.060e11) + 13 x (1.857e11
+  + 0.371e11 + 1.125e11 + 2.060e11) + other ``~3.9e11`` = ``~3.34e13``; x 6 views x 5 frames
+  = ``~1.0e15`` FLOPs per forward.
+* saved: 41 x (1.857e11 - 1.126e11) = ``3.0e12`` per frame and view: total ``-9.0%``
+  (the spec's band for the paper's -8%: between -6% and -10%).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "KINDS",
+    "PRESETS",
+    "DEFAULT_FRAMES",
+    "DEFAULT_RESOLUTION",
+    "SELECTION_FLOPS_PER_TOKEN_CHANNEL",
+    "RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL",
+    "ModelSpec",
+    "get_spec",
+    "parse_hw",
+    "latent_frames_for",
+    "tokens_for_resolution",
+    "skip_budgets",
+    "self_attention_flops",
+    "pruned_self_attention_flops",
+    "pruning_overhead_flops",
+    "cross_view_attention_flops",
+    "cross_attention_flops",
+    "mlp_flops",
+    "temporal_self_attention_flops",
+    "count_flops",
+    "flops_saved_fraction",
+    "load_plan",
+    "with_overrides",
+]
+
+KINDS: Tuple[str, ...] = (
+    "spatial_self_attention",
+    "cross_view_attention",
+    "cross_attention",
+    "mlp",
+    "temporal_self_attention",
+    "temporal_cross_attention",
+    "temporal_mlp",
+    "other",
+)
+"""Module kinds of the breakdown; only ``spatial_self_attention`` changes with pruning."""
+
+SELECTION_FLOPS_PER_TOKEN_CHANNEL = 6
+"""Scoring cost per token and channel: normalise (3), cell mean (1), dot with the cell mean (2)."""
+RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL = 4
+"""Reconstruction cost per token and channel: weight, scatter-sum, normalise, gather."""
+
+DEFAULT_FRAMES = 17
+"""Video frames of the default clip (MagicDrive-V2 tests 16/17-frame clips): 5 latent frames."""
+DEFAULT_RESOLUTION = (848, 1600)
+"""Default ``(H, W)`` in pixels: MagicDrive-V2's highest resolution bucket."""
+
+_CROSS_VIEW_MODES = ("pairwise", "concat")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a MagicDrive-V2 style multi-view STDiT3 (only what FLOPs depend on).
+
+    Attributes:
+        hidden: width ``C``.
+        depth: base spatial blocks (= base temporal blocks when ``temporal``).
+        control_depth: control spatial blocks (= control temporal blocks when ``control_temporal``).
+        num_heads: attention heads (FLOPs do not depend on it; kept for reference).
+        mlp_ratio: MLP hidden width is ``int(hidden * mlp_ratio)``.
+        patch: ``(t, h, w)`` patch size of the latent patch embedder.
+        vae_down: ``(temporal, spatial)`` VAE downsampling; latent frames ``1 + (F - 1) // t``.
+        in_channels: latent channels (CogVideoX VAE: 16).
+        out_channels: predicted channels (``pred_sigma=False``: 16).
+        cond_tokens: cross-attention condition tokens ``L`` per frame. Default 300: the T5 length
+            (``model_max_length``); MagicDrive-V2 also appends frame, camera and box tokens and may
+            trim text padding, so the real ``L`` varies per sample. Cross-attention is a few % of
+            the total, so this choice moves ``total_reduction`` by well under 0.5 points.
+        caption_channels: T5 width fed to the caption embedder.
+        cross_view_neighbours: neighbour views each view attends to (left and right: 2), in base
+            spatial blocks (and control spatial blocks only if ``control_cross_view``).
+        cross_view_mode: ``"pairwise"`` (MagicDrive-V2 code: one attention per neighbour, outputs
+            summed, then ``mva_proj``) or ``"concat"`` (one attention over all neighbours' keys).
+        views: default number of camera views.
+        temporal: base temporal blocks exist (``with_temp_block``).
+        control_temporal: control temporal blocks exist (``control_skip_temporal=False``).
+        control_cross_view: control spatial blocks have cross-view attention.
+        x_control_embedder: the control branch has its own patch embedder.
+    """
+
+    hidden: int
+    depth: int
+    control_depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    patch: Tuple[int, int, int] = (1, 2, 2)
+    vae_down: Tuple[int, int] = (4, 8)
+    in_channels: int = 16
+    out_channels: int = 16
+    cond_tokens: int = 300
+    caption_channels: int = 4096
+    cross_view_neighbours: int = 2
+    cross_view_mode: str = "pairwise"
+    views: int = 6
+    temporal: bool = True
+    control_temporal: bool = True
+    control_cross_view: bool = False
+    x_control_embedder: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "depth", "num_heads", "in_channels", "out_channels", "views"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"ModelSpec.{name} must be an int >= 1, got {v!r}")
+        for name in ("control_depth", "cond_tokens", "caption_channels", "cross_view_neighbours"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 0:
+                raise ValueError(f"ModelSpec.{name} must be an int >= 0, got {v!r}")
+        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
+            raise ValueError(f"ModelSpec.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if len(tuple(self.patch)) != 3 or not all(_is_int(p) and p >= 1 for p in self.patch):
+            raise ValueError(f"ModelSpec.patch must be three ints >= 1, got {self.patch!r}")
+        if len(tuple(self.vae_down)) != 2 or not all(_is_int(p) and p >= 1 for p in self.vae_down):
+            raise ValueError(f"ModelSpec.vae_down must be two ints >= 1, got {self.vae_down!r}")
+        if self.cross_view_mode not in _CROSS_VIEW_MODES:
+            raise ValueError(
+                f"ModelSpec.cross_view_mode must be one of {_CROSS_VIEW_MODES}, got {self.cross_view_mode!r}"
+            )
+
+    @property
+    def prunable_blocks(self) -> int:
+        """Length of a pruning plan: base spatial blocks then control spatial blocks."""
+        return self.depth + self.control_depth
+
+    def block_names(self) -> List[str]:
+        """Names of the prunable blocks in plan order."""
+        return [f"base_blocks_s.{i}" for i in range(self.depth)] + [
+            f"control_blocks_s.{i}" for i in range(self.control_depth)
+        ]
+
+
+PRESETS: Dict[str, ModelSpec] = {
+    # MagicDriveSTDiT3-XL/2, stage-3 config (control_skip_temporal=False, control_skip_cross_view=True)
+    "magicdrive-v2-xl": ModelSpec(hidden=1152, depth=28, control_depth=13, num_heads=16),
+    # toy model for tests and smoke runs
+    "tiny": ModelSpec(
+        hidden=64, depth=2, control_depth=1, num_heads=4, in_channels=4, out_channels=4,
+        cond_tokens=8, caption_channels=32, views=6,
+    ),
+}
+"""Named model specs. ``dataclasses.replace(PRESETS[name], ...)`` derives variants."""
+
+
+def get_spec(spec: Union[str, ModelSpec]) -> ModelSpec:
+    """A :class:`ModelSpec` from itself or a preset name."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown preset {spec!r}; valid presets: {', '.join(sorted(PRESETS))}")
+        return PRESETS[spec]
+    raise ValueError(f"spec must be a ModelSpec or a preset name, got {type(spec).__name__}")
+
+
+def parse_hw(value: Union[str, Sequence[int]], name: str = "resolution") -> Tuple[int, int]:
+    """``"848x1600"`` or ``(848, 1600)`` -> ``(848, 1600)`` (height first)."""
+    if isinstance(value, str):
+        parts = value.lower().replace("*", "x").split("x")
+        try:
+            hw = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{name} must look like HxW (e.g. 848x1600), got {value!r}") from None
+    else:
+        try:
+            hw = tuple(value)
+        except TypeError:
+            raise ValueError(f"{name} must be HxW or a (H, W) pair, got {value!r}") from None
+    if len(hw) != 2 or not all(_is_int(v) and v >= 1 for v in hw):
+        raise ValueError(f"{name} must be two ints >= 1 (H, W), got {value!r}")
+    return hw  # type: ignore[return-value]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def latent_frames_for(spec: Union[str, ModelSpec], frames: int) -> int:
+    """Token frames ``T`` for ``frames`` video frames: CogVideoX ``1 + (F - 1) // 4``, then the
+    temporal patch (rounded up)."""
+    spec = get_spec(spec)
+    if not _is_int(frames) or frames < 1:
+        raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+    lat = 1 + (frames - 1) // spec.vae_down[0]
+    return _ceil_div(lat, spec.patch[0])
+
+
+def tokens_for_resolution(
+    spec: Union[str, ModelSpec], resolution: Union[str, Sequence[int]], bands: int = 1,
+    pad_h_to_bands: bool = False,
+) -> Tuple[int, int]:
+    """Per-view token grid ``(H, W)`` of one latent frame for a pixel resolution.
+
+    Pixels ``/ vae_down[1]`` then ``/ patch`` (each rounded up); with ``pad_h_to_bands`` ``H`` is
+    padded up to a multiple of ``bands``. 848x1600 -> (53, 100); with 8 bands and padding (56, 100).
+    """
+    spec = get_spec(spec)
+    h_px, w_px = parse_hw(resolution, "resolution")
+    s = spec.vae_down[1]
+    h = _ceil_div(_ceil_div(h_px, s), spec.patch[1])
+    w = _ceil_div(_ceil_div(w_px, s), spec.patch[2])
+    if pad_h_to_bands:
+        h = _ceil_div(h, bands) * bands
+    return h, w
+
+
+def _forced_in_rows(r0: int, r1: int, W: int, stride: Optional[int], block_index: int) -> int:
+    """Tokens ``(i, j)``, ``r0 <= i < r1``, with ``(i + j - l) mod m == 0`` (always retained)."""
+    if not stride:
+        return 0
+    total = 0
+    for i in range(r0, r1):
+        s = (block_index - i) % stride  # first column j >= 0 with j = l - i (mod m)
+        if s < W:
+            total += (W - 1 - s) // stride + 1
+    return total
+
+
+def skip_budgets(
+    hw: Tuple[int, int], ratio: float, bands: int = 1, stride: Optional[int] = 3, block_index: int = 0
+) -> List[int]:
+    """Skipped tokens per band of one frame: ``floor(r * band_tokens)``, capped at the band's
+    non-forced tokens and at ``band_tokens - 1`` (pure-Python mirror of
+    ``coredit_video.ops.selection.band_budgets``). ``stride=None`` models no forced tokens."""
+    H, W = _check_frame(hw, bands)
+    _check_ratio(ratio, "ratio")
+    if stride is not None and (not _is_int(stride) or stride < 1):
+        raise ValueError(f"stride (m) must be an int >= 1 or None, got {stride!r}")
+    rows = H // bands
+    band_tokens = rows * W
+    k = int(math.floor(float(ratio) * band_tokens))
+    out = []
+    for b in range(bands):
+        free = band_tokens - _forced_in_rows(b * rows, (b + 1) * rows, W, stride, block_index)
+        out.append(max(0, min(k, free, band_tokens - 1)))
+    return out
+
+
+# ---------------------------------------------------------------- per frame and view primitives
+def self_attention_flops(n: int, C: int) -> int:
+    """Dense self-attention over ``n`` tokens of width ``C``: ``8nC^2 + 4n^2C`` FLOPs."""
+    return 8 * n * C * C + 4 * n * n * C
+
+
+def pruning_overhead_flops(n: int, C: int) -> int:
+    """Selection + reconstruction work of one pruned frame of ``n`` tokens: ``(6 + 4) n C``."""
+    return (SELECTION_FLOPS_PER_TOKEN_CHANNEL + RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL) * n * C
+
+
+def pruned_self_attention_flops(n: int, kept: int, C: int) -> int:
+    """Self-attention on ``kept`` of ``n`` tokens plus the pruning overhead; dense if none skipped."""
+    if kept >= n:
+        return self_attention_flops(n, C)
+    return self_attention_flops(kept, C) + pruning_overhead_flops(n, C)
+
+
+def cross_view_attention_flops(n: int, C: int, neighbours: int = 2, mode: str = "pairwise") -> int:
+    """Cross-view attention of one view's ``n`` queries to ``neighbours`` views' ``n`` tokens each.
+
+    ``pairwise`` (MagicDrive-V2): per neighbour q ``2nC^2`` + kv ``4nC^2`` + ``4n^2C`` + out
+    ``2nC^2``, then ``mva_proj`` ``2nC^2``. ``concat``: q ``2nC^2`` + kv ``4(Nn)C^2`` +
+    ``4n(Nn)C`` + out ``2nC^2``.
+    """
+    if neighbours <= 0:
+        return 0
+    if mode == "pairwise":
+        return neighbours * (2 * n * C * C + 4 * n * C * C + 4 * n * n * C + 2 * n * C * C) + 2 * n * C * C
+    if mode == "concat":
+        m = neighbours * n
+        return 2 * n * C * C + 4 * m * C * C + 4 * n * m * C + 2 * n * C * C
+    raise ValueError(f"cross_view_mode must be one of {_CROSS_VIEW_MODES}, got {mode!r}")
+
+
+def cross_attention_flops(n: int, L: int, C: int) -> int:
+    """Cross-attention of ``n`` queries to ``L`` condition tokens: ``4nC^2 + 4LC^2 + 4nLC``."""
+    return 2 * n * C * C + 4 * L * C * C + 4 * n * L * C + 2 * n * C * C
+
+
+def mlp_flops(n: int, C: int, mlp_ratio: float = 4.0) -> int:
+    """Two-layer MLP with hidden ``int(C * mlp_ratio)``: ``4 n C hidden``."""
+    return 4 * n * C * int(C * mlp_ratio)
+
+
+def temporal_self_attention_flops(n: int, T: int, C: int) -> int:
+    """Temporal attention, per frame: ``8nC^2 + 4nTC`` (each of ``n`` columns costs
+    ``8TC^2 + 4T^2C`` over all ``T`` frames)."""
+    return 8 * n * C * C + 4 * n * T * C
+
+
+# ---------------------------------------------------------------------------------- validation
+def _check_ratio(r: Any, name: str) -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {r!r}")
+    r = float(r)
+    if not (0.0 <= r < 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1), got {r!r}")
+    return r
+
+
+def _check_frame(hw: Any, bands: Any) -> Tuple[int, int]:
+    H, W = parse_hw(hw, "hw_tokens")
+    if not _is_int(bands) or bands < 1:
+        raise ValueError(f"bands must be an int >= 1, got {bands!r}")
+    if H % bands:
+        raise ValueError(
+            f"bands={bands} does not divide the token height H={H}; pass pad_h_to_bands=True "
+            f"(CLI --pad-h-to-bands; pads H to {_ceil_div(H, bands) * bands} as MagicDrive-V2 does for SP) "
+            f"or choose a bands value dividing {H}"
+        )
+    return H, W
+
+
+def _ratio_list(ratios: Any, count: int) -> List[float]:
+    if ratios is None:
+        return [0.0] * count
+    if isinstance(ratios, dict):
+        if "ratios" not in ratios:
+            raise ValueError("ratios: a plan dict must have the key 'ratios'")
+        ratios = ratios["ratios"]
+    if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
+        return [_check_ratio(ratios, "ratios")] * count
+    if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__len__"):
+        raise ValueError(f"ratios must be None, a number or a list of {count} numbers, got {ratios!r}")
+    ratios = list(ratios)
+    if len(ratios) != count:
+        raise ValueError(
+            f"ratios (the pruning plan) has length {len(ratios)}, expected {count} "
+            "(base spatial blocks then control spatial blocks)"
+        )
+    return [_check_ratio(r, f"ratios[{i}]") for i, r in enumerate(ratios)]
+
+
+def load_plan(path: str) -> List[float]:
+    """Ratios of a pruning-plan JSON file (``{"ratios": [...]}`` or a bare list)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict):
+        if "ratios" not in data:
+            raise ValueError(f"plan {path!r} has no 'ratios' key (keys: {sorted(data)})")
+        data = data["ratios"]
+    if not isinstance(data, list):
+        raise ValueError(f"plan {path!r}: 'ratios' must be a list, got {type(data).__name__}")
+    return [_check_ratio(r, f"plan ratios[{i}]") for i, r in enumerate(data)]
+
+
+# ---------------------------------------------------------------------------------------- count
+def count_flops(
+    spec: Union[str, ModelSpec] = "magicdrive-v2-xl",
+    resolution: Union[str, Sequence[int], None] = DEFAULT_RESOLUTION,
+    frames: int = DEFAULT_FRAMES,
+    views: Optional[int] = None,
+    ratios: Union[None, float, Sequence[float], Dict[str, Any]] = None,
+    bands: int = 1,
+    *,
+    hw_tokens: Union[str, Sequence[int], None] = None,
+    latent_frames: Optional[int] = None,
+    pad_h_to_bands: bool = False,
+    stride: Optional[int] = 3,
+) -> Dict[str, Any]:
+    """FLOPs of one forward pass of one sample (all views, all latent frames), dense and pruned.
+
+    Args:
+        spec: a :class:`ModelSpec` or a preset name (see ``PRESETS``).
+        resolution: ``(H_px, W_px)`` or ``"HxW"`` in pixels; ignored when ``hw_tokens`` is given.
+        frames: video frames; ``T = 1 + (frames - 1) // 4`` latent frames. Ignored when
+            ``latent_frames`` is given.
+        views: camera views (default ``spec.views``).
+        ratios: pruning ratio per prunable block (base spatial blocks ``0..depth-1`` then control
+            spatial blocks ``0..control_depth-1``), a float for a uniform plan, a plan dict with key
+            ``"ratios"``, or None (dense). Each in ``[0, 1)``.
+        bands: row bands per frame; budgets are ``floor(r * band_tokens)`` per band.
+        hw_tokens: per-view token grid ``(H, W)`` of a latent frame, instead of ``resolution``.
+        latent_frames: token frames ``T``, instead of ``frames``.
+        pad_h_to_bands: pad the token height up to a multiple of ``bands`` (MagicDrive-V2 pads for
+            its SP size: 53 -> 56 with 8 bands). Without it a non-dividing ``bands`` is an error.
+        stride: m-stride retention ``m`` (forced tokens cap ``K``); None for no forced tokens.
+
+    Returns:
+        A JSON-serialisable dict: ``units``; ``inputs``; ``kinds`` ``{kind: {dense, pruned, saved,
+        reduction}}`` over ``KINDS``; ``dense_total``, ``pruned_total``, ``saved_total``,
+        ``pruning_overhead`` (FLOPs); ``self_attention_reduction`` and ``total_reduction``
+        (fractions saved, ``(dense - pruned) / dense``, positive = saved); ``blocks``, one entry per
+        prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
+    """
+    spec = get_spec(spec)
+    if views is None:
+        views = spec.views
+    if not _is_int(views) or views < 1:
+        raise ValueError(f"views must be an int >= 1, got {views!r}")
+    if not _is_int(bands) or bands < 1:
+        raise ValueError(f"bands must be an int >= 1, got {bands!r}")
+    if hw_tokens is not None:
+        H, W = parse_hw(hw_tokens, "hw_tokens")
+        if pad_h_to_bands:
+            H = _ceil_div(H, bands) * bands
+        res_px = None
+    else:
+        if resolution is None:
+            raise ValueError("resolution: give a pixel resolution or hw_tokens")
+        res_px = parse_hw(resolution, "resolution")
+        H, W = tokens_for_resolution(spec, res_px, bands, pad_h_to_bands)
+    _check_frame((H, W), bands)
+    if latent_frames is not None:
+        if not _is_int(latent_frames) or latent_frames < 1:
+            raise ValueError(f"latent_frames must be an int >= 1, got {latent_frames!r}")
+        T = latent_frames
+        frames_in = None
+    else:
+        T = latent_frames_for(spec, frames)
+        frames_in = frames
+    plan = _ratio_list(ratios, spec.prunable_blocks)
+
+    C, L, n = spec.hidden, spec.cond_tokens, H * W
+    fv = T * views  # frame-view items: every per-frame-per-view term is multiplied by this
+    neighbours = min(spec.cross_view_neighbours, views - 1)
+
+    sa = self_attention_flops(n, C)
+    ca = cross_attention_flops(n, L, C)
+    mlp = mlp_flops(n, C, spec.mlp_ratio)
+    cv = cross_view_attention_flops(n, C, neighbours, spec.cross_view_mode)
+    tsa = temporal_self_attention_flops(n, T, C)
+    proj = 2 * n * C * C  # one C x C linear over a frame's tokens
+
+    dense = dict.fromkeys(KINDS, 0)
+    n_temporal = (spec.depth if spec.temporal else 0) + (spec.control_depth if spec.control_temporal else 0)
+    n_cross_view = spec.depth + (spec.control_depth if spec.control_cross_view else 0)
+    dense["cross_view_attention"] = n_cross_view * cv * fv
+    dense["cross_attention"] = spec.prunable_blocks * ca * fv
+    dense["mlp"] = spec.prunable_blocks * mlp * fv
+    dense["temporal_self_attention"] = n_temporal * tsa * fv
+    dense["temporal_cross_attention"] = n_temporal * ca * fv
+    dense["temporal_mlp"] = n_temporal * mlp * fv
+
+    pt = spec.patch[0] * spec.patch[1] * spec.patch[2]
+    other = 2 * n * spec.in_channels * pt * C * fv  # x_embedder
+    other += 2 * n * C * pt * spec.out_channels * fv  # final layer
+    if spec.control_depth:
+        if spec.x_control_embedder:
+            other += 2 * n * spec.in_channels * pt * C * fv  # x_control_embedder
+        other += 2 * n * C * pt * C * T  # map-control patchifier (once per frame, shared by views)
+        other += proj * fv  # before_proj
+        n_after = spec.control_depth * (2 if spec.control_temporal else 1)
+        other += n_after * proj * fv  # after_proj of every control block
+    other += 2 * L * (spec.caption_channels * C + C * C)  # caption embedder (once per sample)
+    other += 2 * C * 6 * C  # t_block
+    dense["other"] = other
+
+    pruned = dict(dense)
+    sa_dense = 0
+    sa_pruned = 0
+    overhead = 0
+    names = spec.block_names()
+    blocks = []
+    for ordinal, r in enumerate(plan):
+        budgets = skip_budgets((H, W), r, bands, stride, ordinal)
+        k_skip = sum(budgets)
+        kept = n - k_skip
+        p = pruned_self_attention_flops(n, kept, C)
+        sa_dense += sa * fv
+        sa_pruned += p * fv
+        if k_skip:
+            overhead += pruning_overhead_flops(n, C) * fv
+        blocks.append({
+            "block": ordinal,
+            "name": names[ordinal],
+            "ratio": r,
+            "skipped_per_frame": k_skip,
+            "kept_per_frame": kept,
+            "dense": sa * fv,
+            "pruned": p * fv,
+            "reduction": (sa - p) / sa,
+        })
+    dense["spatial_self_attention"] = sa_dense
+    pruned["spatial_self_attention"] = sa_pruned
+
+    kinds = {}
+    for k in KINDS:
+        kinds[k] = {
+            "dense": dense[k],
+            "pruned": pruned[k],
+            "saved": dense[k] - pruned[k],
+            "reduction": (dense[k] - pruned[k]) / dense[k] if dense[k] else 0.0,
+        }
+    dense_total = sum(dense.values())
+    pruned_total = sum(pruned.values())
+    return {
+        "units": "FLOPs per forward pass of one sample (all views, all latent frames); multiply-add = 2",
+        "inputs": {
+            "spec": asdict(spec),
+            "resolution": list(res_px) if res_px is not None else None,
+            "hw_tokens": [H, W],
+            "tokens_per_frame": n,
+            "frames": frames_in,
+            "latent_frames": T,
+            "views": views,
+            "bands": bands,
+            "pad_h_to_bands": bool(pad_h_to_bands),
+            "stride": stride,
+            "ratios": plan,
+            "mean_ratio": sum(plan) / len(plan) if plan else 0.0,
+        },
+        "kinds": kinds,
+        "dense_total": dense_total,
+        "pruned_total": pruned_total,
+        "saved_total": dense_total - pruned_total,
+        "pruning_overhead": overhead,
+        "self_attention_dense": sa_dense,
+        "self_attention_pruned": sa_pruned,
+        "self_attention_reduction": (sa_dense - sa_pruned) / sa_dense if sa_dense else 0.0,
+        "total_reduction": (dense_total - pruned_total) / dense_total,
+        "blocks": blocks,
+    }
+
+
+def flops_saved_fraction(
+    spec: Union[str, ModelSpec],
+    hw_tokens: Union[str, Sequence[int]],
+    latent_frames: int,
+    views: Optional[int] = None,
+    ratios: Union[None, float, Sequence[float], Dict[str, Any]] = None,
+    bands: int = 1,
+    which: str = "total",
+    stride: Optional[int] = 3,
+) -> float:
+    """Fraction of FLOPs saved by ``ratios`` for a batch item shaped like the training input.
+
+    ``hw_tokens`` is the (padded) per-view token grid of a latent frame and ``latent_frames`` the
+    token frames ``T`` (both read off the model input, not pixels). ``which`` is ``"total"`` (whole
+    forward) or ``"self_attention"`` (prunable self-attention only). Positive = saved. For a
+    running "FLOPs saved so far" use ``count_flops(...)["saved_total"]`` per step.
+    """
+    if which not in ("total", "self_attention"):
+        raise ValueError(f"which must be 'total' or 'self_attention', got {which!r}")
+    res = count_flops(
+        spec, None, views=views, ratios=ratios, bands=bands, hw_tokens=hw_tokens,
+        latent_frames=latent_frames, stride=stride,
+    )
+    return float(res["total_reduction" if which == "total" else "self_attention_reduction"])
+
+
+def with_overrides(spec: Union[str, ModelSpec], **changes: Any) -> ModelSpec:
+    """A copy of ``spec`` (or a preset) with fields replaced, validated."""
+    return replace(get_spec(spec), **changes)

@@ -1,0 +1,85 @@
+"""``apply(model, cfg) -> controller`` and ``remove(model)``: explicit, idempotent, undoable patches.
+
+Each prunable attention module gets an instance-level ``forward`` override and a plain-Python
+``_coredit`` attribute; nothing is registered as a parameter or buffer, so the host's
+state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .config import PruneConfig
+from .controller import PruningController
+from .registry import find_adapter
+
+_CONTROLLER_ATTR = "_coredit_controller"
+
+
+@dataclass
+class _BlockPatch:
+    controller: PruningController
+    ordinal: int
+
+
+def _patched_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    patch = self.__dict__["_coredit"]
+    return patch.controller.run_block(patch.ordinal, self, x)
+
+
+def sp_size_of(group) -> int:
+    """Ranks in a sequence-parallel process group (1 without one)."""
+    return torch.distributed.get_world_size(group) if group is not None else 1
+
+
+def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
+    """Patch the spatial self-attentions of ``model`` for CoReDiT pruning; returns the controller.
+
+    ``cfg`` is a :class:`PruneConfig`, a dict / mmengine ``ConfigDict``, or ``None`` (defaults,
+    ratio 0). Applying again replaces the previous patch (same result as one ``apply``).
+    """
+    cfg = PruneConfig.build(cfg, **overrides)
+    remove(model)
+    adapter = find_adapter(model, cfg.adapter)
+    blocks = adapter.prunable_blocks(model, cfg.blocks)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no prunable blocks in groups {cfg.blocks}")
+    group = adapter.sp_group(model)
+    sp_size = sp_size_of(group)
+    bands = cfg.bands or sp_size
+    if bands % sp_size:
+        raise ValueError(f"bands={bands} must be a multiple of the sequence-parallel size {sp_size}")
+    for name, attn in blocks:
+        if attn.num_heads % sp_size:
+            raise ValueError(f"{name}: {attn.num_heads} heads do not divide by the SP size {sp_size}")
+        if getattr(attn, "rope", None) not in (None, False):
+            raise ValueError(f"{name}: rotary embeddings in spatial self-attention are not supported")
+    controller = PruningController(model, cfg, adapter, blocks, bands)
+    controller.sp_group = group
+    for ordinal, (_, attn) in enumerate(blocks):
+        attn.__dict__["_coredit"] = _BlockPatch(controller, ordinal)
+        attn.forward = types.MethodType(_patched_forward, attn)
+    controller.handles = adapter.attach(model, controller)
+    model.__dict__[_CONTROLLER_ATTR] = controller
+    return controller
+
+
+def remove(model: nn.Module) -> bool:
+    """Undo :func:`apply`; returns whether a patch was there."""
+    controller: Optional[PruningController] = model.__dict__.pop(_CONTROLLER_ATTR, None)
+    if controller is None:
+        return False
+    for attn in controller.modules:
+        attn.__dict__.pop("forward", None)
+        attn.__dict__.pop("_coredit", None)
+    for handle in controller.handles:
+        handle.remove()
+    return True
+
+
+def get_controller(model: nn.Module) -> Optional[PruningController]:
+    return model.__dict__.get(_CONTROLLER_ATTR)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""FLOPs report of a MagicDrive-V2 style DiT, dense vs CoReDiT-pruned (per module kind).
+
+Examples (from the repo root, no installation needed)::
+
+    python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26
+    python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26 --json
+    python tools/flops.py --plan work_dirs/run/plan.json --frames 33 --bands 8 --pad-h-to-bands
+
+FLOPs are per forward pass of one sample (all views, all latent frames), multiply-add = 2.
+Reductions are fractions saved, ``(dense - pruned) / dense``: positive means fewer FLOPs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+try:
+    from coredit_video import flops as F
+except ImportError:  # run from a checkout without installation
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from coredit_video import flops as F
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="magicdrive-v2-xl", choices=sorted(F.PRESETS), help="model preset")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--resolution", default="x".join(str(v) for v in F.DEFAULT_RESOLUTION),
+                      help="HxW in pixels (default %(default)s)")
+    size.add_argument("--hw-tokens", default=None, help="HxW token grid of one latent frame and view")
+    frames = p.add_mutually_exclusive_group()
+    frames.add_argument("--frames", type=int, default=F.DEFAULT_FRAMES,
+                        help="video frames (default %(default)s -> 1 + (F-1)//4 latent frames)")
+    frames.add_argument("--latent-frames", type=int, default=None, help="latent (token) frames T")
+    p.add_argument("--views", type=int, default=None, help="camera views (default: the preset's)")
+    p.add_argument("--bands", type=int, default=1, help="row bands per frame (default %(default)s)")
+    p.add_argument("--pad-h-to-bands", action="store_true",
+                   help="pad the token height up to a multiple of --bands (MagicDrive-V2 SP padding)")
+    p.add_argument("--stride", type=int, default=3, help="m-stride retention m (0: no forced tokens)")
+    plan = p.add_mutually_exclusive_group()
+    plan.add_argument("--ratio", type=float, default=None, help="uniform pruning ratio in [0, 1)")
+    plan.add_argument("--plan", default=None, help='pruning plan JSON with key "ratios" (one per block)')
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
+    return p
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4e}"
+
+
+def print_table(res: dict, show_blocks: bool = False) -> None:
+    inp = res["inputs"]
+    H, W = inp["hw_tokens"]
+    res_px = "x".join(str(v) for v in inp["resolution"]) if inp["resolution"] else "-"
+    print(f"units: {res['units']}")
+    print(
+        f"resolution {res_px} px -> {H}x{W} tokens/frame ({inp['tokens_per_frame']}), "
+        f"frames {inp['frames'] if inp['frames'] is not None else '-'} -> T={inp['latent_frames']}, "
+        f"views {inp['views']}, bands {inp['bands']}, mean ratio {inp['mean_ratio']:.4f}"
+    )
+    print()
+    head = f"{'kind':<26}{'dense':>14}{'pruned':>14}{'reduction':>11}{'share':>9}"
+    print(head)
+    print("-" * len(head))
+    for kind, v in res["kinds"].items():
+        share = v["dense"] / res["dense_total"]
+        print(f"{kind:<26}{_fmt(v['dense']):>14}{_fmt(v['pruned']):>14}{v['reduction']:>10.2%}{share:>9.1%}")
+    print("-" * len(head))
+    total_red = res["total_reduction"]
+    print(f"{'total':<26}{_fmt(res['dense_total']):>14}{_fmt(res['pruned_total']):>14}{total_red:>10.2%}")
+    print()
+    print(f"self-attention FLOPs (spatial blocks): -{res['self_attention_reduction']:.2%}")
+    print(f"total FLOPs:                           -{res['total_reduction']:.2%}")
+    print(f"pruning overhead (selection + reconstruction): {_fmt(res['pruning_overhead'])}")
+    if show_blocks:
+        print()
+        print(f"{'block':<22}{'ratio':>7}{'skipped':>9}{'kept':>7}{'reduction':>11}")
+        for b in res["blocks"]:
+            print(f"{b['name']:<22}{b['ratio']:>7.3f}{b['skipped_per_frame']:>9}{b['kept_per_frame']:>7}"
+                  f"{b['reduction']:>10.2%}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        ratios = F.load_plan(args.plan) if args.plan else args.ratio
+        res = F.count_flops(
+            args.preset,
+            resolution=None if args.hw_tokens else args.resolution,
+            frames=args.frames,
+            views=args.views,
+            ratios=ratios,
+            bands=args.bands,
+            hw_tokens=args.hw_tokens,
+            latent_frames=args.latent_frames,
+            pad_h_to_bands=args.pad_h_to_bands,
+            stride=args.stride if args.stride else None,
+        )
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    if args.plan:
+        res["inputs"]["plan"] = args.plan
+    res["inputs"]["preset"] = args.preset
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print_table(res, args.blocks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
