@@ -109,7 +109,7 @@ class PruningController:
         return out
 
     def _scores_hook(self, ordinal: int):
-        if self._stats_delta is None or not torch.is_grad_enabled() and self.modules[ordinal].training:
+        if self._stats_delta is None:  # a checkpoint recompute records the same value again: the mean holds
             return None
         layout, hw, r, d = self.layouts[ordinal], self.hw, self._ratios[ordinal], self._stats_delta
 
