@@ -86,6 +86,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .ops.selection import band_budgets
+
 __all__ = [
     "KINDS",
     "PRESETS",
@@ -296,36 +298,20 @@ def tokens_for_resolution(
     return h, w
 
 
-def _forced_in_rows(r0: int, r1: int, W: int, stride: Optional[int], block_index: int) -> int:
-    """Tokens ``(i, j)``, ``r0 <= i < r1``, with ``(i + j - l) mod m == 0`` (always retained)."""
-    if not stride:
-        return 0
-    total = 0
-    for i in range(r0, r1):
-        s = (block_index - i) % stride  # first column j >= 0 with j = l - i (mod m)
-        if s < W:
-            total += (W - 1 - s) // stride + 1
-    return total
-
-
 def skip_budgets(
     hw: Tuple[int, int], ratio: float, bands: int = 1, stride: Optional[int] = 3, block_index: int = 0
 ) -> List[int]:
     """Skipped tokens per band of one frame: ``floor(r * band_tokens)``, capped at the band's
-    non-forced tokens and at ``band_tokens - 1`` (pure-Python mirror of
-    ``coredit_video.ops.selection.band_budgets``). ``stride=None`` models no forced tokens."""
+    non-forced tokens and at ``band_tokens - 1`` (the rule of
+    ``coredit_video.ops.selection.band_budgets``, which it calls). ``stride=None`` models no forced tokens."""
     H, W = _check_frame(hw, bands)
     _check_ratio(ratio, "ratio")
     if stride is not None and (not _is_int(stride) or stride < 1):
         raise ValueError(f"stride (m) must be an int >= 1 or None, got {stride!r}")
-    rows = H // bands
-    band_tokens = rows * W
-    k = int(math.floor(float(ratio) * band_tokens))
-    out = []
-    for b in range(bands):
-        free = band_tokens - _forced_in_rows(b * rows, (b + 1) * rows, W, stride, block_index)
-        out.append(max(0, min(k, free, band_tokens - 1)))
-    return out
+    if stride is not None:
+        return band_budgets((H, W), float(ratio), int(stride), block_index, bands)
+    band_tokens = H // bands * W
+    return [min(int(math.floor(float(ratio) * band_tokens)), band_tokens - 1)] * bands
 
 
 # ---------------------------------------------------------------- per frame and view primitives
