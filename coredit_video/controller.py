@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .attention import BlockLayout, pruned_self_attention
 from .config import PruneConfig, check_ratio_cap
-from .ops import redundancy_increment
+from .ops import band_budgets, redundancy_increment
+from .parallel.seq_attention import sp_self_attention
 
 PHASES = ("main", "late")
+
+
+def sp_size_of(group) -> int:
+    """Ranks in a sequence-parallel process group (1 without one)."""
+    return dist.get_world_size(group) if group is not None else 1
+
 PLAN_VERSION = 1
 
 
@@ -32,6 +41,8 @@ class PruningController:
         self._ratios = [0.0] * len(blocks)
         self.phase = "main"
         self.enabled = True
+        self.sp_group = None  # set by apply() from the adapter
+        self.handles: list = []
         self.hw: Optional[Tuple[int, int]] = None
         self.timestep: Optional[torch.Tensor] = None
         self._stats_delta: Optional[float] = None
@@ -108,13 +119,14 @@ class PruningController:
         self._stats = {}
         return out
 
-    def _scores_hook(self, ordinal: int):
+    def _scores_hook(self, ordinal: int, hw: Tuple[int, int], layout: BlockLayout, bands: int, sp_size: int):
         if self._stats_delta is None:  # a checkpoint recompute records the same value again: the mean holds
             return None
-        layout, hw, r, d = self.layouts[ordinal], self.hw, self._ratios[ordinal], self._stats_delta
+        r, d = self._ratios[ordinal], self._stats_delta
 
         def record(sc: torch.Tensor) -> None:
-            dr = redundancy_increment(sc, hw, r, d, layout.stride, layout.ordinal, self.bands)
+            # each SP rank sees bands/P of the bands: scaled by P, the mean over SP ranks is the frame's value
+            dr = redundancy_increment(sc, hw, r, d, layout.stride, layout.ordinal, bands) * sp_size
             self._stats.setdefault(ordinal, []).append(float(dr))
 
         return record
@@ -128,14 +140,31 @@ class PruningController:
                 "(the adapter hooks it) or controller.set_frame((H, W)) first"
             )
         H, W = self.hw
-        if x.dim() != 3 or x.shape[1] != H * W:
+        P = sp_size_of(self.sp_group)
+        if x.dim() != 3 or x.shape[1] * P != H * W:
+            share = f" (this rank's 1/{P} share: {H // P} of {H} rows)" if P > 1 else ""
             raise ValueError(
-                f"{self.names[ordinal]}: expected [frames, {H}*{W}={H * W}, C] tokens, got {tuple(x.shape)}; "
+                f"{self.names[ordinal]}: expected [frames, {H * W // P} tokens{share}, C], got {tuple(x.shape)}; "
                 "the adapter's frame size does not match this block's input"
             )
+        ratio, layout = self.effective_ratio(ordinal), self.layouts[ordinal]
+        if P == 1:
+            return pruned_self_attention(
+                attn, x, self.hw, ratio, layout, self.bands, self.cfg.backend,
+                on_scores=self._scores_hook(ordinal, self.hw, layout, self.bands, 1),
+            )
+        # SP: this rank holds rows [rank*H/P, (rank+1)*H/P), i.e. bands/P whole bands. Selection and
+        # reconstruction run on them alone; the m-stride pattern is shifted to stay in frame coordinates.
+        rank, h = dist.get_rank(self.sp_group), H // P
+        local = replace(layout, ordinal=layout.ordinal - rank * h)
+        budgets = band_budgets(self.hw, ratio, layout.stride, layout.ordinal, self.bands)
+        per_rank = self.bands // P
+        counts = [h * W - sum(budgets[j * per_rank:(j + 1) * per_rank]) for j in range(P)]
+        group, backend = self.sp_group, self.cfg.backend
         return pruned_self_attention(
-            attn, x, self.hw, self.effective_ratio(ordinal), self.layouts[ordinal], self.bands,
-            self.cfg.backend, on_scores=self._scores_hook(ordinal),
+            attn, x, (h, W), ratio, local, per_rank, backend,
+            attend=lambda a, t: sp_self_attention(a, t, group, counts, backend),
+            on_scores=self._scores_hook(ordinal, (h, W), local, per_rank, P),
         )
 
     # ------------------------------------------------------------------ plans

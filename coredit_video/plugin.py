@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .config import PruneConfig
-from .controller import PruningController
+from .controller import PruningController, sp_size_of
 from .registry import find_adapter
 
 _CONTROLLER_ATTR = "_coredit_controller"
@@ -29,11 +29,6 @@ class _BlockPatch:
 def _patched_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     patch = self.__dict__["_coredit"]
     return patch.controller.run_block(patch.ordinal, self, x)
-
-
-def sp_size_of(group) -> int:
-    """Ranks in a sequence-parallel process group (1 without one)."""
-    return torch.distributed.get_world_size(group) if group is not None else 1
 
 
 def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:

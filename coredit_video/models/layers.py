@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..attention.backends import attention
 from ..attention.dense import attn_dropout, dense_self_attention, output_projection
+from ..parallel.seq_attention import sp_attention, sp_self_attention
 
 
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -20,7 +21,14 @@ def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> t
 
 
 class Attention(nn.Module):
-    """Self-attention ``[B, N, C] -> [B, N, C]`` (MagicDrive-V2 ``Attention`` layout)."""
+    """Self-attention ``[B, N, C] -> [B, N, C]`` (MagicDrive-V2 ``Attention`` layout).
+
+    ``sp`` (a :class:`~coredit_video.parallel.state.GroupRef`, set by the host on spatial blocks):
+    when it holds a group of P > 1 ranks, ``N`` is this rank's share and attention runs over all
+    ranks' tokens through the all-to-all.
+    """
+
+    sp = None
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, backend: str = "auto"):
         super().__init__()
@@ -37,7 +45,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(0.0)
 
+    def sp_group(self):
+        return self.sp.group if self.sp is not None and self.sp.size > 1 else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = self.sp_group()
+        if group is not None:
+            return sp_self_attention(self, x, group, backend=self.backend)
         return dense_self_attention(self, x, self.backend)
 
 
@@ -51,7 +65,11 @@ class MultiHeadAttention(Attention):
         q = nn.functional.linear(x, w[:C], b[:C]).unflatten(-1, (self.num_heads, self.head_dim))
         kv = nn.functional.linear(cond, w[C:], b[C:]).unflatten(-1, (2, self.num_heads, self.head_dim))
         k, v = kv.unbind(-3)
-        o = attention(self.q_norm(q), self.k_norm(k), v, self.scale, self.backend, attn_dropout(self))
+        q, k, group = self.q_norm(q), self.k_norm(k), self.sp_group()
+        if group is not None:  # keys are the neighbours' tokens held by this rank; key order is irrelevant
+            o = sp_attention(q, k, v, group, self.scale, self.backend, attn_dropout(self), tag="cross_view")
+        else:
+            o = attention(q, k, v, self.scale, self.backend, attn_dropout(self))
         return output_projection(self, o)
 
 

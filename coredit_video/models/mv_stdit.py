@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..parallel.comm import gather_seq, split_seq
+from ..parallel.state import GroupRef
 from .layers import (Attention, Mlp, MultiHeadAttention, MultiHeadCrossAttention, TimestepEmbedder,
                      sincos_1d, sincos_2d, t2i_modulate)
 
@@ -140,13 +143,31 @@ class MultiViewSTDiT(nn.Module):
         self.final_norm = nn.LayerNorm(C, eps=1e-6, elementwise_affine=False)
         self.final_scale_shift_table = nn.Parameter(torch.randn(2, C) / C ** 0.5)
         self.final_linear = nn.Linear(C, math.prod(cfg.patch) * cfg.in_channels)
+        self.sp = GroupRef()
+        for blk in [*self.base_blocks_s, *self.control_blocks_s]:
+            blk.attn.sp = self.sp
+            if not blk.skip_cross_view:
+                blk.cross_view_attn.sp = self.sp
+
+    @property
+    def sp_group(self):
+        """The sequence-parallel group the spatial blocks split their tokens over (``None``: no SP)."""
+        return self.sp.group if self.sp.size > 1 else None
+
+    def set_sequence_parallel(self, group) -> None:
+        """Run with sequence parallelism over ``group`` (``None`` to turn it off). Every rank of the
+        group must call forward with the same inputs; each computes ``1/P`` of every frame's rows."""
+        if group is not None and self.config.num_heads % dist.get_world_size(group):
+            raise ValueError(f"{self.config.num_heads} heads do not divide by the SP size "
+                             f"{dist.get_world_size(group)}; choose an SP size dividing the head count")
+        self.sp.group = group
 
     def token_grid(self, x: torch.Tensor) -> Tuple[int, int]:
         """Padded per-frame token grid ``(h, w)`` of latents ``x [B, NC, Cin, T, H, W]``."""
         _, ph, pw = self.config.patch
         h, w = math.ceil(x.shape[-2] / ph), math.ceil(x.shape[-1] / pw)
-        pad = self.config.force_pad_h_for_sp_size
-        if pad:
+        pad = self.config.force_pad_h_for_sp_size or self.sp.size
+        if pad > 1:
             h = math.ceil(h / pad) * pad
         return h, w
 
@@ -181,6 +202,13 @@ class MultiViewSTDiT(nn.Module):
             m = F.adaptive_avg_pool2d(m, (h, w)).flatten(2).transpose(1, 2)  # [B, S, C]
             m = m.repeat_interleave(NC, dim=0).repeat(1, T, 1)  # [B*NC, T*S, C]
             ctrl = tok + self.before_proj(m)
+        group = self.sp_group
+        if group is not None:  # each rank takes a contiguous 1/P of every frame's rows
+            P = dist.get_world_size(group)
+            tok = split_seq(tok.view(B * NC, T, S, C), group, dim=2).view(B * NC, T * S // P, C)
+            if ctrl is not None:
+                ctrl = split_seq(ctrl.view(B * NC, T, S, C), group, dim=2).view(B * NC, T * S // P, C)
+            S = S // P
         args = (cond, t_mod, T, S, NC)
         for i in range(cfg.depth):
             if ctrl is not None and i < cfg.control_depth:
@@ -190,6 +218,8 @@ class MultiViewSTDiT(nn.Module):
             tok = self._run(self.base_blocks_s[i], tok, *args)
             tok = self._run(self.base_blocks_t[i], tok, *args)
 
+        if group is not None:
+            tok = gather_seq(tok.view(B * NC, T, S, C), group, dim=2).reshape(B * NC, T * S * P, C)
         shift, scale = (self.final_scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
         shift, scale = shift.repeat_interleave(NC, 0), scale.repeat_interleave(NC, 0)
         out = self.final_linear(t2i_modulate(self.final_norm(tok), shift, scale))  # [B*NC, T*S, p*Cin]
