@@ -13,6 +13,7 @@ Layouts (``F`` frames, ``n`` local tokens, ``h`` heads, ``e`` per-head features,
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -27,6 +28,7 @@ class CommMeter:
         self.bytes_sent = 0
         self.elements_sent = 0
         self.by_tag: Dict[str, int] = {}  # elements sent per call site ("self_attn", "cross_view", ...)
+        self.seconds = 0.0  # wall time inside the all-to-alls (CUDA synchronised when on GPU)
 
     def add(self, elements: int, element_size: int, tag: str = "") -> None:
         self.calls += 1
@@ -60,7 +62,16 @@ def _all_to_all_flat(send: torch.Tensor, send_splits: List[int], recv_splits: Li
                      tag: str) -> torch.Tensor:
     _record(send_splits, dist.get_rank(group), send.element_size(), tag)
     recv = send.new_empty(sum(recv_splits))
+    if not _METERS:
+        dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group)
+        return recv
+    sync = torch.cuda.synchronize if send.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
     dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group)
+    sync()
+    for m in _METERS:
+        m.seconds += time.perf_counter() - t0
     return recv
 
 

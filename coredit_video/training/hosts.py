@@ -1,0 +1,92 @@
+"""What the trainer needs from a host model, behind one small interface.
+
+A :class:`HostBundle` holds the model, ``forward(model, x_t, t, batch) -> velocity``, the data it
+trains on, how latents are made from a batch, the pixel size / frame count each sample has (for
+the timestep transform) and a FLOPs spec. ``build_host_bundle(cfg)`` picks the builder named by
+``model.type``; the embedded default is ``"builtin"`` on the synthetic dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..flops import ModelSpec
+
+
+@dataclass
+class HostBundle:
+    model: nn.Module
+    forward: Callable[[nn.Module, torch.Tensor, torch.Tensor, Dict], torch.Tensor]
+    dataset: Any
+    collate: Callable
+    latents: Callable[[Dict], torch.Tensor]  # batch -> x0 latents [B, NC, C, T, H, W]
+    frame_info: Callable[[Dict], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> height, width, frames [B]
+    spec: ModelSpec
+    token_grid: Callable[[torch.Tensor], Tuple[int, int]]  # latents -> padded per-frame token grid
+
+
+def builtin_forward(model, x_t, t, batch):
+    return model(x_t, t, batch["y"], batch.get("cams"), batch.get("bev_map"))
+
+
+def builtin_spec(model, cond_tokens: int) -> ModelSpec:
+    c = model.config
+    return ModelSpec(hidden=c.hidden, depth=c.depth, control_depth=c.control_depth, num_heads=c.num_heads,
+                     mlp_ratio=c.mlp_ratio, patch=tuple(c.patch), in_channels=c.in_channels,
+                     out_channels=c.in_channels, cond_tokens=cond_tokens, caption_channels=c.cond_dim,
+                     cross_view_mode="concat", views=c.views, control_cross_view=False, x_control_embedder=False)
+
+
+def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
+    from ..data import SyntheticDrivingDataset, ToyCodec, collate
+    from ..models import MultiViewSTDiT, host_config
+
+    model_cfg = dict(model_cfg)
+    model_cfg.pop("type", None)
+    preset = model_cfg.pop("preset", "tiny")
+    codec_cfg = dict(data_cfg.pop("codec", {}) or {})
+    data_cfg = dict(data_cfg)
+    data_type = data_cfg.pop("type", "synthetic")
+    if data_type != "synthetic":
+        raise ValueError(f"data.type={data_type!r}: the built-in host trains on data.type='synthetic'")
+    dataset = SyntheticDrivingDataset(**data_cfg)
+    codec = ToyCodec(**codec_cfg)
+    probe = dataset[0]
+    cfg = host_config(preset, **model_cfg)
+    if cfg.in_channels != codec.latent_channels:
+        raise ValueError(f"model.in_channels={cfg.in_channels} must equal data.codec latent_channels="
+                         f"{codec.latent_channels}")
+    if cfg.cond_dim != probe["y"].shape[-1]:
+        raise ValueError(f"model.cond_dim={cfg.cond_dim} must equal the dataset's condition width {probe['y'].shape[-1]}")
+    if cfg.views != probe["video"].shape[0]:
+        raise ValueError(f"model.views={cfg.views} must equal data.views={probe['video'].shape[0]}")
+    torch.manual_seed(seed)
+    model = MultiViewSTDiT(cfg)
+
+    def latents(batch):
+        with torch.no_grad():
+            return codec.encode(batch["video"])
+
+    def frame_info(batch):
+        B, _, _, T, H, W = batch["video"].shape
+        return (torch.full((B,), float(H)), torch.full((B,), float(W)), torch.full((B,), float(T)))
+
+    def token_grid(x0):
+        return model.token_grid(x0)
+
+    return HostBundle(model=model, forward=builtin_forward, dataset=dataset, collate=collate, latents=latents,
+                      frame_info=frame_info, spec=builtin_spec(model, cond_tokens=probe["y"].shape[0] + 1),
+                      token_grid=token_grid)
+
+
+HOST_BUILDERS: Dict[str, Callable[[Dict, Dict, int], HostBundle]] = {"builtin": build_builtin}
+
+
+def build_host_bundle(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
+    kind = model_cfg.get("type", "builtin")
+    if kind not in HOST_BUILDERS:
+        raise ValueError(f"model.type={kind!r} is not known; choose one of {sorted(HOST_BUILDERS)}")
+    return HOST_BUILDERS[kind](model_cfg, data_cfg, seed)
