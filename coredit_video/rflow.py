@@ -36,7 +36,8 @@ class RFlowConfig:
 
     def __post_init__(self):
         if self.frame_rule not in ("magicdrive", "clamp", "ignore"):
-            raise ValueError(f"frame_rule must be 'magicdrive', 'clamp' or 'ignore', got {self.frame_rule!r}")
+            raise ValueError(
+                f"frame_rule must be 'magicdrive', 'clamp' or 'ignore', got {self.frame_rule!r}")
         if self.sample_method not in ("logit-normal", "uniform"):
             raise ValueError(f"sample_method must be 'logit-normal' or 'uniform', got {self.sample_method!r}")
         if self.num_sampling_steps < 1 or self.num_timesteps < 1:
@@ -53,7 +54,8 @@ def effective_frames(num_frames: torch.Tensor, rule: str = "magicdrive") -> torc
     if rule == "clamp":
         out = out.clamp_min(1)
     if (out < 1).any():
-        raise ValueError(f"num_frames {num_frames.tolist()} give a transformed frame count < 1 (need 1 or >= 17 frames, or frame_rule='clamp')")
+        raise ValueError(f"num_frames {sorted(set(num_frames.tolist()))} give a transformed frame count < 1 "
+                         "(need 1 or >= 17 frames, or frame_rule='clamp')")
     return out
 
 

@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
         device=device_name(device), backend=st.backend, sp_size=P, bands=bands, tokens=[H, W], views=args.views,
         frames=args.frames, hidden=args.hidden, heads=args.heads, dtype=str(dtype).replace("torch.", ""),
         warmup=args.warmup, repeats=args.repeats, rows=rows,
-        command="torchrun --nproc_per_node %d tools/bench_sp.py %s" % (P, " ".join(sys.argv[1:] if argv is None else argv)),
+        command=f"torchrun --nproc_per_node {P} tools/bench_sp.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     if st.is_main:
         write_report(result, args.out)

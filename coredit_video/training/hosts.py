@@ -60,7 +60,8 @@ def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
         raise ValueError(f"model.in_channels={cfg.in_channels} must equal data.codec latent_channels="
                          f"{codec.latent_channels}")
     if cfg.cond_dim != probe["y"].shape[-1]:
-        raise ValueError(f"model.cond_dim={cfg.cond_dim} must equal the dataset's condition width {probe['y'].shape[-1]}")
+        raise ValueError(
+            f"model.cond_dim={cfg.cond_dim} must equal the dataset's condition width {probe['y'].shape[-1]}")
     if cfg.views != probe["video"].shape[0]:
         raise ValueError(f"model.views={cfg.views} must equal data.views={probe['video'].shape[0]}")
     torch.manual_seed(seed)
