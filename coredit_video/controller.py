@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,6 +45,11 @@ class PruningController:
         self.sp_group = None  # set by apply() from the adapter
         self.handles: list = []
         self.hw: Optional[Tuple[int, int]] = None
+        # recompute safety: (phase, hw) as seen by each forward, keyed by a tensor every block receives
+        self._contexts: "OrderedDict[int, Tuple[str, Tuple[int, int]]]" = OrderedDict()
+        self._fresh: set = set()
+        self._expect_new = True
+        self._active: Optional[Tuple[str, Tuple[int, int]]] = None
         self.timestep: Optional[torch.Tensor] = None
         self._stats_delta: Optional[float] = None
         self._stats: Dict[int, List[float]] = {}
@@ -99,13 +105,39 @@ class PruningController:
 
     def set_frame(self, hw: Tuple[int, int], timestep: Optional[torch.Tensor] = None, batch: Optional[int] = None):
         """Adapter hook: the padded token grid ``(H, W)`` of this forward's frames (and its timestep)."""
-        self.hw = (int(hw[0]), int(hw[1]))
-        if self.hw[0] % self.bands:
+        self.hw = self._check_hw(hw)
+        self.timestep = timestep
+        self._fresh, self._expect_new, self._active = set(), True, None
+
+    def _check_hw(self, hw) -> Tuple[int, int]:
+        hw = (int(hw[0]), int(hw[1]))
+        if hw[0] % self.bands:
             raise ValueError(
-                f"the frame has {self.hw[0]} token rows, not a multiple of bands={self.bands}; pad H for "
+                f"the frame has {hw[0]} token rows, not a multiple of bands={self.bands}; pad H for "
                 "the SP size (MagicDrive-V2: force_pad_h_for_sp_size / simulate_sp_size) or change bands"
             )
-        self.timestep = timestep
+        return hw
+
+    def enter_block(self, key: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> None:
+        """Adapter hook before each prunable block: binds the block to the forward it belongs to.
+
+        ``key`` is a tensor every block of one forward receives and that lives until its backward (the
+        timestep modulation). The first block of a forward records the current phase and frame under
+        it; a gradient-checkpoint recompute of an older forward finds that record again, so it selects
+        exactly the tokens the original forward selected even if the phase has changed since.
+        """
+        ptr = key.data_ptr()
+        if self._expect_new or ptr in self._fresh:
+            if ptr not in self._fresh:
+                self._contexts[ptr] = (self.phase, self._check_hw(hw) if hw is not None else self.hw)
+                self._contexts.move_to_end(ptr)
+                while len(self._contexts) > 64:
+                    self._contexts.popitem(last=False)
+                self._fresh.add(ptr)
+                self._expect_new = False
+            elif hw is not None and self._contexts[ptr][1] != tuple(hw):
+                raise ValueError(f"blocks of one forward disagree on the frame size: {self._contexts[ptr][1]} vs {hw}")
+        self._active = self._contexts.get(ptr)
 
     # ------------------------------------------------------------------ statistics for the schedule
     def collect_stats(self, delta_ratio: Optional[float]) -> None:
@@ -134,12 +166,13 @@ class PruningController:
     # ------------------------------------------------------------------ the patched forward
     def run_block(self, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Pruned self-attention for block ``ordinal`` on ``x [frames, tokens, C]``."""
-        if self.hw is None:
+        phase, hw = self._active if self._active is not None else (self.phase, self.hw)
+        if hw is None:
             raise RuntimeError(
                 f"{self.names[ordinal]} ran before the host told its frame size; call the model's forward "
                 "(the adapter hooks it) or controller.set_frame((H, W)) first"
             )
-        H, W = self.hw
+        H, W = hw
         P = sp_size_of(self.sp_group)
         if x.dim() != 3 or x.shape[1] * P != H * W:
             share = f" (this rank's 1/{P} share: {H // P} of {H} rows)" if P > 1 else ""
@@ -147,17 +180,17 @@ class PruningController:
                 f"{self.names[ordinal]}: expected [frames, {H * W // P} tokens{share}, C], got {tuple(x.shape)}; "
                 "the adapter's frame size does not match this block's input"
             )
-        ratio, layout = self.effective_ratio(ordinal), self.layouts[ordinal]
+        ratio, layout = self.effective_ratio(ordinal, phase), self.layouts[ordinal]
         if P == 1:
             return pruned_self_attention(
-                attn, x, self.hw, ratio, layout, self.bands, self.cfg.backend,
-                on_scores=self._scores_hook(ordinal, self.hw, layout, self.bands, 1),
+                attn, x, hw, ratio, layout, self.bands, self.cfg.backend,
+                on_scores=self._scores_hook(ordinal, hw, layout, self.bands, 1),
             )
         # SP: this rank holds rows [rank*H/P, (rank+1)*H/P), i.e. bands/P whole bands. Selection and
         # reconstruction run on them alone; the m-stride pattern is shifted to stay in frame coordinates.
         rank, h = dist.get_rank(self.sp_group), H // P
         local = replace(layout, ordinal=layout.ordinal - rank * h)
-        budgets = band_budgets(self.hw, ratio, layout.stride, layout.ordinal, self.bands)
+        budgets = band_budgets(hw, ratio, layout.stride, layout.ordinal, self.bands)
         per_rank = self.bands // P
         counts = [h * W - sum(budgets[j * per_rank:(j + 1) * per_rank]) for j in range(P)]
         group, backend = self.sp_group, self.cfg.backend

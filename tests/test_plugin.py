@@ -121,6 +121,27 @@ def test_gradients_flow_and_checkpointing_is_deterministic(tiny_inputs):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
 
 
+def test_checkpoint_recompute_keeps_each_forwards_phase(tiny_inputs):
+    """Training runs the main-phase group and the late-phase group as two forwards, then one backward;
+    the recompute of the first forward must prune with the first forward's phase, not the current one."""
+    half = {k: v[:1] for k, v in tiny_inputs.items()}
+    other = {k: v[1:] for k, v in tiny_inputs.items()}
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = MultiViewSTDiT(host_config("tiny", grad_checkpoint=ckpt)).train()
+        ctrl = cv.apply(model, dict(CFG, ratios=0.4, late_factor=0.25))
+        ctrl.set_phase("main")
+        a = model(**half)
+        ctrl.set_phase("late")
+        b = model(**other)
+        ctrl.set_phase("main")  # as the training loss leaves it before backward
+        (a.square().mean() + b.abs().mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
 def test_phase_uses_late_factor(tiny_host):
     ctrl = cv.apply(tiny_host, dict(CFG, ratios=0.4, late_factor=0.25))
     assert [ctrl.set_step(i, 30) for i in (0, 25, 26, 29)] == ["main", "main", "late", "late"]
