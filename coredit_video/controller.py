@@ -46,7 +46,7 @@ class PruningController:
         self.handles: list = []
         self.hw: Optional[Tuple[int, int]] = None
         # recompute safety: (phase, hw) as seen by each forward, keyed by a tensor every block receives
-        self._contexts: "OrderedDict[int, Tuple[str, Tuple[int, int]]]" = OrderedDict()
+        self._contexts: OrderedDict[int, Tuple[str, Tuple[int, int]]] = OrderedDict()
         self._fresh: set = set()
         self._expect_new = True
         self._active: Optional[Tuple[str, Tuple[int, int]]] = None
@@ -57,6 +57,10 @@ class PruningController:
             self.load_plan(cfg.plan)
         else:
             self.set_ratios(cfg.ratios)
+
+    @property
+    def sp_group_size(self) -> int:
+        return sp_size_of(self.sp_group)
 
     # ------------------------------------------------------------------ ratios
     def __len__(self) -> int:

@@ -179,7 +179,7 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
             engine.backward(terms["loss"])
             engine.step()
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / tc.grad_accum
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / tc.grad_accum
             hw, T = bundle.token_grid(x0), x0.shape[3]
             n_late = int(late.sum())
             flops.add(ctrl.ratios, hw, T, x0.shape[0] - n_late)

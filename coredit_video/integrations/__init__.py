@@ -1,0 +1,1 @@
+"""Seams into host training stacks (imported only when their host is present)."""

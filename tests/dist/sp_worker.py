@@ -1,0 +1,82 @@
+"""torchrun worker: the built-in host at SP = world size, dense and pruned; rank 0 saves outputs,
+world-averaged gradients and all-to-all volumes to ``argv[1]``."""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from coredit_video.parallel import destroy_parallel, init_parallel, measure_comm
+from tests.dist.common import GRIDS, MODES, STRIDE, build_host, inputs, loss_of, patch
+
+
+def main(path: str) -> None:
+    st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
+    result = {}
+    for mode in MODES:
+        model = build_host()
+        model.set_sequence_parallel(st.sp_group)
+        patch(model, mode)
+        with measure_comm() as fwd:
+            out = model(**inputs())
+        with measure_comm() as bwd:
+            loss_of(out).backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(g)
+            grads[name] = g / st.world_size
+        volume = torch.tensor([fwd.by_tag.get("self_attn", 0), bwd.by_tag.get("self_attn", 0),
+                               fwd.by_tag.get("cross_view", 0)], dtype=torch.float64)
+        dist.all_reduce(volume)
+        result[mode] = dict(out=out.detach(), grads=grads, self_attn_fwd=volume[0].item(),
+                            self_attn_bwd=volume[1].item(), cross_view_fwd=volume[2].item())
+    result["errors"] = errors(st)
+    result["uneven"] = uneven_all_to_all(st)
+    if st.rank == 0:
+        torch.save(result, path)
+    destroy_parallel()
+
+
+def uneven_all_to_all(st) -> dict:
+    """seq_to_heads / heads_to_seq with a different token count on every rank, against a gathered
+    reference; gradient through the pair must be the identity."""
+    from coredit_video.parallel import heads_to_seq, seq_to_heads
+
+    P, r, h, e = st.sp_size, st.sp_rank, 4, 3
+    counts = [2 + 3 * j for j in range(P)]
+    full = torch.randn(2, sum(counts), h, e, generator=torch.Generator().manual_seed(5))
+    start = sum(counts[:r])
+    x = full[:, start:start + counts[r]].clone().requires_grad_(True)
+    y = seq_to_heads(x, st.sp_group, counts)
+    hs = h // P
+    err_fwd = (y - full[:, :, r * hs:(r + 1) * hs]).abs().max().item()
+    back = heads_to_seq(y * 2.0, st.sp_group, counts)
+    err_back = (back - 2.0 * x).abs().max().item()
+    back.sum().backward()
+    err_grad = (x.grad - 2.0).abs().max().item()
+    return dict(fwd=err_fwd, back=err_back, grad=err_grad)
+
+
+def errors(st) -> dict:
+    """Messages of the errors a user gets for an SP layout that cannot work."""
+    import coredit_video as cv
+    from coredit_video.models import MultiViewSTDiT, host_config
+
+    out = {}
+    model = build_host()
+    model.set_sequence_parallel(st.sp_group)
+    try:  # bands must be whole per rank
+        cv.apply(model, dict(ratios=0.3, bands=st.sp_size // 2, grids=GRIDS, stride=STRIDE))
+    except ValueError as e:
+        out["bands"] = str(e)
+    try:  # heads must split over the SP ranks
+        MultiViewSTDiT(host_config("tiny", num_heads=st.sp_size // 2 or 1, hidden=66 if st.sp_size == 4 else 63)
+                       ).set_sequence_parallel(st.sp_group)
+    except ValueError as e:
+        out["heads"] = str(e)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
