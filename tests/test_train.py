@@ -67,7 +67,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert trainer_a["schedule"] == trainer_b["schedule"]
     assert trainer_a["schedule"]["history"], "the schedule made no decision; the comparison would be weak"
     for k, v in model_a.items():
-        torch.testing.assert_close(model_b[k], v, rtol=1e-6, atol=1e-7, msg=lambda m: f"{k}: {m}")
+        err = (model_b[k].float() - v.float()).abs().max().item()
+        assert err <= 1e-6, f"{k} differs by {err:.2e} between the resumed and the uninterrupted run"
     for k, v in trainer_a["ema"]["shadow"].items():
         torch.testing.assert_close(trainer_b["ema"]["shadow"][k], v, rtol=1e-6, atol=1e-7)
 
