@@ -57,12 +57,15 @@ class LoopConfig:
     ema_decay: float = 0.99
     grad_checkpoint: bool = False
     num_workers: int = 0
+    cond_drop: float = 0.1  # probability of dropping a sample's conditions (classifier-free guidance)
 
     def __post_init__(self):
         for k in ("steps", "micro_batch", "grad_accum", "ckpt_every", "log_every"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be an int >= 1, got {v!r}")
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
 

@@ -8,7 +8,7 @@ the timestep transform) and a FLOPs spec. ``build_host_bundle(cfg)`` picks the b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,8 @@ class HostBundle:
     frame_info: Callable[[Dict], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> height, width, frames [B]
     spec: ModelSpec
     token_grid: Callable[[torch.Tensor], Tuple[int, int]]  # latents -> padded per-frame token grid
+    codec: Any = None  # latents <-> pixels (``decode``) where the embedded default has one
+    drop_condition: Optional[Callable[[Dict, torch.Tensor], Dict]] = None  # (batch, [B] bool) -> batch
 
 
 def builtin_forward(model, x_t, t, batch):
@@ -41,7 +43,8 @@ def builtin_spec(model, cond_tokens: int) -> ModelSpec:
 
 
 def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
-    from ..data import SyntheticDrivingDataset, ToyCodec, collate
+    from ..data import SyntheticDrivingDataset, collate
+    from ..data.codec import ToyCodec
     from ..models import MultiViewSTDiT, host_config
 
     model_cfg = dict(model_cfg)
@@ -78,9 +81,17 @@ def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
     def token_grid(x0):
         return model.token_grid(x0)
 
+    def drop_condition(batch, drop):
+        """Zero the box/text tokens and the map of the samples in ``drop`` (for classifier-free guidance)."""
+        out = dict(batch)
+        keep = (~drop).to(batch["y"].dtype)
+        out["y"] = batch["y"] * keep.view(-1, 1, 1)
+        out["bev_map"] = batch["bev_map"] * keep.view(-1, 1, 1, 1)
+        return out
+
     return HostBundle(model=model, forward=builtin_forward, dataset=dataset, collate=collate, latents=latents,
                       frame_info=frame_info, spec=builtin_spec(model, cond_tokens=probe["y"].shape[0] + 1),
-                      token_grid=token_grid)
+                      token_grid=token_grid, codec=codec, drop_condition=drop_condition)
 
 
 HOST_BUILDERS: Dict[str, Callable[[Dict, Dict, int], HostBundle]] = {"builtin": build_builtin}

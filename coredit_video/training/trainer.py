@@ -170,6 +170,9 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
             batch = {k: (v.to(st.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             x0 = bundle.latents(batch)
             g = step_generator(cfg.seed, step, micro, st.dp_rank)
+            if tc.cond_drop > 0 and bundle.drop_condition is not None:
+                batch = bundle.drop_condition(batch, (torch.rand(x0.shape[0], generator=g) < tc.cond_drop)
+                                              .to(st.device))
             height, width, frames = bundle.frame_info(batch)
             t = training_timesteps(x0.shape[0], cfg.rflow, height, width, frames, generator=g).to(st.device)
             noise = torch.randn(x0.shape, generator=g).to(st.device, x0.dtype)
