@@ -1,0 +1,204 @@
+"""Reports: JSON, a Markdown table shaped like the paper's Table 4, and PNG plots.
+
+Table columns: method, ratio, mAP, NDS, mIoU, PSNR, SSIM, LPIPS, FVD. mAP / NDS / mIoU are shown in percent
+(stored as fractions in the JSON). A dense row (ratio 0) is listed first and every pruned row is followed by a
+``Δ`` row against it. A metric that was not computed is '-' with a numbered footnote giving the reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+COLUMNS = ("mAP", "NDS", "mIoU", "PSNR", "SSIM", "LPIPS", "FVD")
+PERCENT = ("mAP", "NDS", "mIoU")
+DECIMALS = {"mAP": 2, "NDS": 2, "mIoU": 2, "PSNR": 2, "SSIM": 4, "LPIPS": 4, "FVD": 2}
+HIGHER_IS_BETTER = {"mAP": True, "NDS": True, "mIoU": True, "PSNR": True, "SSIM": True, "LPIPS": False,
+                    "FVD": False}
+
+
+@dataclass
+class MethodResult:
+    """One row: a method at one pruning ratio.
+
+    metrics: ``{column: value}`` (fractions for mAP / NDS / mIoU); a column absent or ``None`` is skipped.
+    skipped: ``{column: reason}`` for the skipped ones (a missing reason reads "not computed").
+    per_class_ap / per_camera_psnr / per_class_iou: breakdowns for the plots and the JSON.
+    """
+
+    method: str
+    ratio: float = 0.0
+    metrics: Dict[str, Optional[float]] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    per_class_ap: Dict[str, float] = field(default_factory=dict)
+    per_camera_psnr: Dict[str, float] = field(default_factory=dict)
+    per_class_iou: Dict[str, float] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.metrics) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown metric column(s) {unknown}; columns are {COLUMNS}")
+
+    def value(self, col: str) -> Optional[float]:
+        v = self.metrics.get(col)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return float(v)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.ratio == 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = {c: self.value(c) for c in COLUMNS}
+        d["skipped"] = {c: self.skipped.get(c, "not computed") for c in COLUMNS if self.value(c) is None}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> MethodResult:
+        return cls(**{k: d[k] for k in ("method", "ratio", "metrics", "skipped", "per_class_ap", "per_camera_psnr",
+                                        "per_class_iou", "extra") if k in d})
+
+
+def _fmt(col: str, v: float) -> str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    scale = 100.0 if col in PERCENT else 1.0
+    return f"{v * scale:.{DECIMALS[col]}f}"
+
+
+def _ordered(results: Sequence[MethodResult]) -> List[MethodResult]:
+    return sorted(results, key=lambda r: (not r.is_dense, r.ratio))
+
+
+def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
+    """Markdown table (and footnotes) of ``results``; dense first, each pruned row followed by its Δ row."""
+    if not results:
+        raise ValueError("no result to report")
+    rows = _ordered(results)
+    dense = {r.method: r for r in rows if r.is_dense}
+    any_dense = next(iter(dense.values()), None)
+    notes: Dict[str, int] = {}
+    header = "| method | ratio | " + " | ".join(f"{c} (%)" if c in PERCENT else c for c in COLUMNS) + " |"
+    arrows = "| | | " + " | ".join("↑" if HIGHER_IS_BETTER[c] else "↓" for c in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 2), arrows]
+    for r in rows:
+        cells = []
+        for c in COLUMNS:
+            v = r.value(c)
+            if v is None:
+                reason = f"{c}: {r.skipped.get(c, 'not computed')}"
+                n = notes.setdefault(reason, len(notes) + 1)
+                cells.append(f"-[^{n}]")
+            else:
+                cells.append(_fmt(c, v))
+        ratio = "0 (dense)" if r.is_dense else f"{r.ratio:g}"
+        lines.append(f"| {r.method} | {ratio} | " + " | ".join(cells) + " |")
+        ref = dense.get(r.method, any_dense)
+        if deltas and not r.is_dense and ref is not None:
+            dc = []
+            for c in COLUMNS:
+                a, b = r.value(c), ref.value(c)
+                if a is None or b is None or math.isinf(a) or math.isinf(b):
+                    dc.append("")
+                else:
+                    d = (a - b) * (100.0 if c in PERCENT else 1.0)
+                    dc.append(f"{d:+.{DECIMALS[c]}f}")
+            lines.append(f"| Δ vs {ref.method} dense | | " + " | ".join(dc) + " |")
+    if notes:
+        lines.append("")
+        for reason, n in notes.items():
+            lines.append(f"[^{n}]: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _grouped_bars(results: Sequence[MethodResult], attr: str, ylabel: str, title: str, path: str) -> Optional[str]:
+    plt = _plt()
+    rows = [r for r in _ordered(results) if getattr(r, attr)]
+    if plt is None or not rows:
+        return None
+    keys: List[str] = []
+    for r in rows:
+        keys += [k for k in getattr(r, attr) if k not in keys]
+    n = len(rows)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) + 2), 4.0))
+    for i, r in enumerate(rows):
+        vals = [getattr(r, attr).get(k, float("nan")) for k in keys]
+        vals = [v if math.isfinite(v) else float("nan") for v in vals]
+        xs = [j + (i - (n - 1) / 2) * width for j in range(len(keys))]
+        label = f"{r.method} (dense)" if r.is_dense else f"{r.method} r={r.ratio:g}"
+        ax.bar(xs, vals, width=width, label=label)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels(keys, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_class_ap(results: Sequence[MethodResult], path: str) -> Optional[str]:
+    """Grouped bars of per-class AP; ``None`` when matplotlib is missing or no row has per-class AP."""
+    return _grouped_bars(results, "per_class_ap", "AP", "Per-class AP (nuScenes, mean over distance thresholds)",
+                         path)
+
+
+def plot_camera_psnr(results: Sequence[MethodResult], path: str) -> Optional[str]:
+    """Grouped bars of per-camera PSNR; ``None`` when matplotlib is missing or no row has it."""
+    return _grouped_bars(results, "per_camera_psnr", "PSNR (dB)", "Per-camera PSNR", path)
+
+
+def write_report(results: Sequence[MethodResult], out_dir: str, name: str = "eval", protocol=None,
+                 plots: bool = True, extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Write ``{name}.json``, ``{name}.md`` and (matplotlib permitting) ``{name}_class_ap.png`` /
+    ``{name}_camera_psnr.png`` into ``out_dir``; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths: Dict[str, str] = {}
+    payload = {"results": [r.to_dict() for r in _ordered(results)]}
+    if protocol is not None:
+        payload["protocol"] = protocol.to_dict() if hasattr(protocol, "to_dict") else protocol
+    if extra:
+        payload["extra"] = extra
+
+    def _clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
+        if isinstance(o, dict):
+            return {str(k): _clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [_clean(v) for v in o]
+        return o
+
+    paths["json"] = os.path.join(out_dir, f"{name}.json")
+    with open(paths["json"], "w") as f:
+        json.dump(_clean(payload), f, indent=2)
+    paths["markdown"] = os.path.join(out_dir, f"{name}.md")
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown_table(results))
+    if plots:
+        p = plot_class_ap(results, os.path.join(out_dir, f"{name}_class_ap.png"))
+        if p:
+            paths["class_ap_png"] = p
+        p = plot_camera_psnr(results, os.path.join(out_dir, f"{name}_camera_psnr.png"))
+        if p:
+            paths["camera_psnr_png"] = p
+    return paths
