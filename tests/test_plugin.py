@@ -139,7 +139,8 @@ def test_checkpoint_recompute_keeps_each_forwards_phase(tiny_inputs):
         (a.square().mean() + b.abs().mean()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+        err = (grads[0][n] - grads[1][n]).abs().max().item()
+        assert err <= 1e-6 + 1e-5 * grads[0][n].abs().max().item(), f"{n}: gradients differ by {err:.2e}"
 
 
 def test_phase_uses_late_factor(tiny_host):

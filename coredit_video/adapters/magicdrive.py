@@ -14,16 +14,45 @@ on (read from MagicDrive-V2's public code, none of it copied):
 The padded height is never recomputed here (MagicDrive-V2 pads H for ``force_pad_h_for_sp_size``,
 a random ``simulate_sp_size`` during training, or the SP size): each spatial block's ``S`` gives it,
 ``H = S * sp_size / W``.
+
+Every model forward opens a new pruning context (``controller.set_frame``) at its first spatial block,
+so the phase set before a forward (``set_step`` / ``set_phase``) is the one it prunes with, even when a
+no-grad sampling loop hands every forward's ``t_mlp`` the same storage. A gradient-checkpoint
+recompute is recognised by its ``t_mlp`` and gets its own forward's width (and, from the controller,
+its phase and frame), even after later forwards of other phases or frame sizes.
+
+Checked against a real checkout by ``tests/test_magicdrive_adapter.py`` (``MAGICDRIVE_V2_ROOT``).
 """
 from __future__ import annotations
 
 import math
 import sys
+from collections import OrderedDict
 
 from ..registry import HOST_ADAPTERS
 from .base import HostAdapter
 
 CLASS_NAMES = ("MagicDriveSTDiT3",)
+_MAX_FORWARDS = 64  # forwards whose recompute can still come (as the controller keeps)
+
+
+def _rows(S: int, W: int, controller) -> int:
+    """Padded token rows of the frame from a spatial block's ``S`` (this rank's share under SP)."""
+    sp_size = 1 if controller.sp_group is None else controller.sp_group_size
+    full = S * sp_size
+    if full % W:
+        raise ValueError(f"spatial block got S={S} tokens on each of {sp_size} SP ranks, not whole rows of "
+                         f"width {W}; check the model's padding")
+    H = full // W
+    if H % controller.bands:
+        raise ValueError(
+            f"MagicDrive-V2 padded the frame to {H} token rows (width {W}), which do not split into bands="
+            f"{controller.bands} ({sp_size} SP ranks x {controller.bands // sp_size} bands each). MagicDrive-V2 "
+            f"pads H only while H*W is not a multiple of force_pad_h_for_sp_size (inference) / the drawn "
+            f"simulate_sp_size entry (training) / the SP size: set force_pad_h_for_sp_size={controller.bands} "
+            f"(or make every simulate_sp_size entry a multiple of {controller.bands}) where that pads H to a "
+            f"multiple of {controller.bands}, use a frame whose token rows are, or choose bands dividing {H}")
+    return H
 
 
 def _sp_group_of(model):
@@ -33,7 +62,12 @@ def _sp_group_of(model):
     if states is None:
         raise RuntimeError("the model has enable_sequence_parallelism=True but MagicDrive-V2's parallel_states "
                            "module is not imported; create its groups before coredit_video.apply")
-    return states.get_sequence_parallel_group()
+    try:
+        return states.get_sequence_parallel_group()
+    except RuntimeError as exc:  # MagicDrive-V2 raises when the group was never set
+        raise RuntimeError("the model has enable_sequence_parallelism=True but MagicDrive-V2's sequence-parallel "
+                           "group is not set (parallel_states.set_sequence_parallel_group); create its groups "
+                           "before coredit_video.apply") from exc
 
 
 @HOST_ADAPTERS.register_module(name="magicdrive_v2")
@@ -51,35 +85,38 @@ class MagicDriveV2Adapter(HostAdapter):
         return blocks
 
     def attach(self, model, controller) -> list:
-        state = {"W": None}
-        sp_size = 1 if controller.sp_group is None else controller.sp_group_size
+        # Each model forward starts a new pruning context (``set_frame``) at its first spatial block, the first
+        # place where both W (from x) and this forward's padded H (from S) are known. A block whose t_mlp was
+        # seen before is a gradient-checkpoint recompute of that forward: it gets that forward's width, and
+        # the controller gives it that forward's phase and frame.
+        state = {"W": None, "timestep": None, "new": False}
+        widths: OrderedDict = OrderedDict()  # t_mlp.data_ptr() -> W of the forward it belongs to
 
         def learn_width(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
-            pw = module.patch_size[2]
-            state["W"] = math.ceil(x.shape[-1] / pw)
-            controller.timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+            state["W"] = math.ceil(x.shape[-1] / module.patch_size[2])
+            state["timestep"] = args[1] if len(args) > 1 else kwargs.get("timestep")
+            state["new"] = True
+            controller.timestep = state["timestep"]
 
         def enter_block(module, args, kwargs):
             t_mlp = args[2] if len(args) > 2 else kwargs["t"]
             S = args[7] if len(args) > 7 else kwargs["S"]
-            W = state["W"]
+            key = t_mlp.data_ptr()
+            new = state["new"]
+            if new:  # first spatial block of a new forward (a freed t_mlp's address may come back: overwrite)
+                widths[key] = state["W"]
+                widths.move_to_end(key)
+                while len(widths) > _MAX_FORWARDS:
+                    widths.popitem(last=False)
+                state["new"] = False
+            W = widths.get(key)
             if W is None:
                 raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
                                    "learns the frame width from MagicDriveSTDiT3.forward")
-            full = int(S) * sp_size
-            if full % W:
-                raise ValueError(f"spatial block got S={S} tokens on each of {sp_size} SP ranks, not whole rows of "
-                                 f"width {W}; check the model's padding")
-            H = full // W
-            if H % controller.bands:
-                raise ValueError(
-                    f"MagicDrive-V2 padded the frame to {H} token rows, which do not split into bands="
-                    f"{controller.bands} ({sp_size} SP ranks x {controller.bands // sp_size} bands each). Set "
-                    f"force_pad_h_for_sp_size={controller.bands} in the model config (or, for training, make every "
-                    f"simulate_sp_size entry a multiple of {controller.bands}), or choose bands dividing {H}")
-            if controller.hw != (H, W):
-                controller.set_frame((H, W), timestep=controller.timestep)
+            H = _rows(int(S), W, controller)
+            if new:
+                controller.set_frame((H, W), timestep=state["timestep"])
             controller.enter_block(t_mlp, (H, W))
 
         handles = [model.register_forward_pre_hook(learn_width, with_kwargs=True)]

@@ -1,0 +1,3 @@
+from .dist_coordinator import DistCoordinator
+
+__all__ = ["DistCoordinator"]

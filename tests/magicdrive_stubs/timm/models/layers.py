@@ -1,0 +1,3 @@
+from .vision_transformer import DropPath, Mlp
+
+__all__ = ["DropPath", "Mlp"]
