@@ -30,14 +30,15 @@ class RFlowConfig:
     transform_scale: float = 1.0
     base_resolution: int = 512 * 512
     base_num_frames: int = 1
-    # frames' in the transform: "magicdrive" (num_frames // 17 * 5, an error below 17 frames),
-    # "clamp" (the same, at least 1: short clips of the embedded default), "ignore" (frames' = 1)
+    # frames' in the transform: "magicdrive" (num_frames // 17 * 5, an error below 17 frames), "cog"
+    # (num_frames // 4 + num_frames % 2: MagicDrive-V2's cog_style_trans=True, its stage-3 configs),
+    # "clamp" ("magicdrive", at least 1: short clips of the embedded default), "ignore" (frames' = 1)
     frame_rule: str = "magicdrive"
 
     def __post_init__(self):
-        if self.frame_rule not in ("magicdrive", "clamp", "ignore"):
+        if self.frame_rule not in ("magicdrive", "cog", "clamp", "ignore"):
             raise ValueError(
-                f"frame_rule must be 'magicdrive', 'clamp' or 'ignore', got {self.frame_rule!r}")
+                f"frame_rule must be 'magicdrive', 'cog', 'clamp' or 'ignore', got {self.frame_rule!r}")
         if self.sample_method not in ("logit-normal", "uniform"):
             raise ValueError(f"sample_method must be 'logit-normal' or 'uniform', got {self.sample_method!r}")
         if self.num_sampling_steps < 1 or self.num_timesteps < 1:
@@ -49,6 +50,9 @@ def effective_frames(num_frames: torch.Tensor, rule: str = "magicdrive") -> torc
     nf = num_frames.float()
     if rule == "ignore":
         return torch.ones_like(nf)
+    if rule == "cog":
+        out = torch.div(nf, 4, rounding_mode="floor") + torch.remainder(nf, 2)
+        return torch.where(nf == 1, torch.ones_like(out), out)
     out = torch.div(nf, 17, rounding_mode="floor") * 5
     out = torch.where(nf == 1, torch.ones_like(out), out)
     if rule == "clamp":

@@ -158,3 +158,11 @@ BASE = dict(work_dir="w", model=dict(type="builtin"), data=dict(type="synthetic"
 def test_bad_config_values_name_the_key(bad, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         build_train_config(dict(BASE, **bad))
+
+
+def test_cog_style_frame_rule():
+    cfg = RFlowConfig(frame_rule="cog")
+    t = torch.tensor([500.0])
+    a = math.sqrt(424 * 800 / 512 ** 2) * math.sqrt(33 // 4 + 33 % 2)
+    got = timestep_transform(t, torch.tensor([424.0]), torch.tensor([800.0]), torch.tensor([33.0]), cfg)
+    assert got.item() == pytest.approx(a * 0.5 / (1 + (a - 1) * 0.5) * 1000, rel=1e-6)

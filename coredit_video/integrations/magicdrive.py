@@ -6,7 +6,10 @@ MagicDrive-V2's ``RFLOW`` (same sampler, same loss) plus:
 - on the first ``training_losses`` call it applies CoReDiT to the (unwrapped) model with the
   ``prune`` settings and starts the progressive ``schedule`` (resuming its saved state if any);
 - each training batch is split into the samples whose time falls in the sampler's last
-  ``late_steps`` steps (``c * r_l``) and the rest (``r_l``): two forwards, two static shapes;
+  ``late_steps`` steps (``c * r_l``) and the rest (``r_l``): two forwards, two static shapes. The
+  split point is the time MagicDrive-V2's own sampler gives step ``S - late_steps`` (its
+  ``timestep_transform`` with the sampler's arguments: scale 1, ``cog_style_trans``, the batch's
+  height, width and frames);
 - after each step the redundancy statistics go into the schedule (one all-reduce over all ranks
   every ``interval`` steps) and its state is written atomically to ``state_dir``;
 - optional distillation (``L_ori + alpha L_pred + beta L_attn``) against a frozen dense copy;
@@ -35,23 +38,51 @@ def _unwrap(model):
     return model
 
 
-def _batched(value, B: int) -> bool:
-    return torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == B
+def _num_views(model_kwargs: dict) -> int:
+    """MagicDrive-V2's NC: ``len(mv_order_map)`` (its forward's own rule), 1 without one."""
+    order = model_kwargs.get("mv_order_map")
+    return len(order) if order else 1
 
 
-def _take(kwargs: dict, idx: torch.Tensor, B: int) -> dict:
-    return {k: (v[idx.to(v.device)] if _batched(v, B) else v) for k, v in kwargs.items()}
+def _take(value, idx: torch.Tensor, B: int, NC: int):
+    """Rows of sample ``idx`` in one forward argument: tensors batched by ``B`` (``y``, ``maps``, ``fps``,
+    masks, ...) or by ``B * NC`` (``cams``, ``rel_pos``, every ``bbox`` entry, laid out ``(B NC)``); dicts
+    recursively; anything else (order maps, scalars) unchanged."""
+    if isinstance(value, dict):
+        return {k: _take(v, idx, B, NC) for k, v in value.items()}
+    if not torch.is_tensor(value) or value.dim() == 0:
+        return value
+    if value.shape[0] == B:
+        return value[idx.to(value.device)]
+    if NC > 1 and value.shape[0] == B * NC:
+        rows = (idx[:, None] * NC + torch.arange(NC, device=idx.device)).flatten()
+        return value[rows.to(value.device)]
+    return value
+
+
+def _pin_caption_length(sub: dict, full: dict, B: int) -> None:
+    """MagicDrive-V2 uses the text ``mask`` only for the batch's caption length (``encode_text`` keeps
+    ``y[:, :max(mask.sum(1)) + 1]``; the per-sample lengths are dropped). A sub-batch must attend to as many
+    caption tokens as the whole batch would, so its first row's mask becomes the batch's longest one."""
+    mask = full.get("mask")
+    if not (torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[0] == B and torch.is_tensor(sub.get("mask"))):
+        return
+    lengths = mask.sum(dim=1)
+    if sub["mask"].sum(dim=1).max() < lengths.max():
+        sub["mask"] = sub["mask"].clone()
+        sub["mask"][0] = mask[int(lengths.argmax())]
 
 
 def register(force: bool = True):
     """Register ``coredit_rflow`` in MagicDrive-V2's scheduler registry; returns the class."""
     from magicdrivedit.registry import SCHEDULERS
     from magicdrivedit.schedulers.rf import RFLOW
+    from magicdrivedit.schedulers.rf.rectified_flow import mean_flat, timestep_transform
 
     from .. import apply as apply_pruning
     from .. import get_controller
+    from .. import remove as remove_pruning
     from ..config import PruneConfig
-    from ..rflow import RFlowConfig, late_mask
     from ..schedule import ProgressiveSchedule, ScheduleConfig
     from ..training.losses import DistillConfig
 
@@ -65,23 +96,24 @@ def register(force: bool = True):
             self.distill_cfg = DistillConfig(**(distill or {}))
             self.train_schedule = train_schedule
             self.state_dir = state_dir or os.environ.get("COREDIT_STATE_DIR", "coredit_state")
-            self.rflow = RFlowConfig(
-                num_timesteps=self.num_timesteps, num_sampling_steps=self.num_sampling_steps,
-                cfg_scale=self.cfg_scale, use_timestep_transform=self.use_timestep_transform,
-                transform_scale=kwargs.get("transform_scale", 1.0),
-                sample_method=kwargs.get("sample_method", "uniform"),
-                loc=kwargs.get("loc", 0.0), scale=kwargs.get("scale", 1.0))
             self.controller = None
             self.schedule = None
             self.teacher = None
 
         # -------------------------------------------------------------- setup
-        def _ensure(self, model):
+        def _ensure(self, model, training: bool = False):
             net = _unwrap(model)
             ctrl = get_controller(net)
-            if ctrl is None:
-                if self.distill_cfg.enabled and self.teacher is None:
+            if training and self.distill_cfg.enabled and self.teacher is None:
+                if ctrl is not None:  # pruned already (by hand): the teacher is the dense model
+                    ratios = ctrl.ratios
+                    remove_pruning(net)
                     self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
+                    ctrl = apply_pruning(net, ctrl.cfg)
+                    ctrl.set_ratios(ratios)
+                else:
+                    self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
+            if ctrl is None:
                 ctrl = apply_pruning(net, self.prune_cfg)
             if self.controller is not ctrl:
                 self.controller = ctrl
@@ -95,7 +127,8 @@ def register(force: bool = True):
             return net, ctrl
 
         def _save_state(self):
-            if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_rank() != 0:
                 return
             os.makedirs(self.state_dir, exist_ok=True)
             tmp = os.path.join(self.state_dir, "schedule_state.json.tmp")
@@ -104,13 +137,39 @@ def register(force: bool = True):
             os.replace(tmp, os.path.join(self.state_dir, "schedule_state.json"))
             self.controller.save_plan(os.path.join(self.state_dir, "plan.json"))
 
+        # -------------------------------------------------------------- phases
+        def sampling_timesteps(self, model_kwargs: dict, B: int, device=None) -> list:
+            """The times ``[B]`` MagicDrive-V2's ``RFLOW.sample`` feeds the model at each of its steps, for
+            a batch with these ``height`` / ``width`` / ``num_frames`` (computed the way it does)."""
+            S, T = self.num_sampling_steps, self.num_timesteps
+            times = [(1.0 - i / S) * T for i in range(S)]
+            if self.use_discrete_timesteps:
+                times = [int(round(t)) for t in times]
+            times = [torch.tensor([t] * B, device=device) for t in times]
+            if self.use_timestep_transform:
+                args = dict(model_kwargs)  # its transform casts fp16 entries in place
+                times = [timestep_transform(t, args, num_timesteps=T, cog_style=self.scheduler.cog_style_trans)
+                         for t in times]
+            return times
+
+        def late_mask(self, t: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
+            """``[B]`` bool: samples at times the sampler reaches in its last ``late_steps`` steps, i.e.
+            ``t <= t_{S - late_steps}`` (step ``i`` runs the model at ``t_i`` and integrates to ``t_{i+1}``)."""
+            k, S = self.prune_cfg.late_steps, self.num_sampling_steps
+            if k <= 0:
+                return torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
+            if k >= S:
+                return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+            threshold = self.sampling_timesteps(model_kwargs, t.shape[0], t.device)[S - k]
+            return t.float() <= threshold.float().to(t.device)
+
         # -------------------------------------------------------------- training
         def training_losses(self, model, x_start, model_kwargs=None, noise=None, mask=None, weights=None, t=None):
-            net, ctrl = self._ensure(model)
+            net, ctrl = self._ensure(model, training=True)
             model_kwargs = dict(model_kwargs or {})
             B = x_start.shape[0]
             sched = self.scheduler
-            if t is None:  # MagicDrive-V2's own sampling of training times
+            if t is None:  # MagicDrive-V2's own sampling of training times (RFlowScheduler.training_losses)
                 if sched.use_discrete_timesteps:
                     t = torch.randint(0, sched.num_timesteps, (B,), device=x_start.device)
                 elif sched.sample_method == "uniform":
@@ -118,34 +177,42 @@ def register(force: bool = True):
                 else:
                     t = sched.sample_t(x_start) * sched.num_timesteps
                 if sched.use_timestep_transform:
-                    from magicdrivedit.schedulers.rf.rectified_flow import timestep_transform
-
                     t = timestep_transform(t, model_kwargs, scale=sched.transform_scale,
                                            num_timesteps=sched.num_timesteps, cog_style=sched.cog_style_trans)
             if noise is None:
                 noise = torch.randn_like(x_start)
-            late = late_mask(t, self.rflow, self.prune_cfg.late_steps, model_kwargs["height"],
-                             model_kwargs["width"], model_kwargs["num_frames"]).to(x_start.device)
+            late = self.late_mask(t, model_kwargs).to(x_start.device)
+            groups = [(phase, sel.nonzero().flatten()) for phase, sel in (("main", ~late), ("late", late))]
+            groups = [(phase, idx) for phase, idx in groups if idx.numel()]
+            NC = _num_views(model_kwargs)
             collect = self.train_schedule and not self.schedule.state.done
             ctrl.collect_stats(self.schedule_cfg.delta_ratio if collect else None)
-            losses = torch.zeros(B, device=x_start.device, dtype=torch.float32)
+            parts = []
             try:
-                for phase, idx in (("main", (~late).nonzero().flatten()), ("late", late.nonzero().flatten())):
-                    if idx.numel() == 0:
-                        continue
+                for phase, idx in groups:
                     ctrl.set_phase(phase)
-                    kw = _take(model_kwargs, idx, B)
-                    sub_mask = mask[idx] if mask is not None else None
-                    if self.distill_cfg.enabled:
-                        part = self._distill_loss(model, net, x_start[idx], noise[idx], t[idx], kw)
+                    if len(groups) == 1:  # the whole batch in one phase: exactly the host's call
+                        kw, x0, nz, tt, sub_mask = model_kwargs, x_start, noise, t, mask
                     else:
-                        part = sched.training_losses(model, x_start[idx], kw, noise[idx], sub_mask,
-                                                     weights, t[idx])["loss"]
-                    losses[idx.to(losses.device)] = part.float()
+                        kw = _take(model_kwargs, idx, B, NC)
+                        _pin_caption_length(kw, model_kwargs, B)
+                        x0, nz, tt = x_start[idx], noise[idx], t[idx]
+                        sub_mask = mask[idx.to(mask.device)] if mask is not None else None
+                    if self.distill_cfg.enabled:
+                        part = self._distill_loss(model, net, x0, kw, nz, sub_mask, weights, tt)
+                    else:
+                        part = sched.training_losses(model, x0, kw, nz, sub_mask, weights, tt)["loss"]
+                    parts.append((idx, part))
             finally:
                 ctrl.set_phase("main")
+            if len(parts) == 1:
+                losses = parts[0][1]
+            else:
+                order = torch.cat([idx for idx, _ in parts])
+                losses = torch.cat([p for _, p in parts])[torch.argsort(order)]
             if collect:
                 self.schedule.observe(ctrl.pop_stats())
+                ctrl.collect_stats(None)
                 decision = self.schedule.step()
                 if decision is not None:
                     ctrl.set_ratios(self.schedule.ratios)
@@ -154,31 +221,42 @@ def register(force: bool = True):
                     self._save_state()
             return {"loss": losses}
 
-        def _distill_loss(self, model, net, x0, noise, t, kw):
-            import torch.nn.functional as F
+        def _distill_loss(self, model, net, x0, kw, noise, mask, weights, t):
+            """``L_ori`` (MagicDrive-V2's own loss, its masks and weights) ``+ alpha L_pred + beta L_attn``."""
+            seen = {}
 
-            x_t = sched_add_noise(self.scheduler, x0, noise, t)
+            def student(x_t, t_, **k):
+                out = model(x_t, t_, **k)
+                seen.update(x_t=x_t, t=t_, out=out)
+                return out
+
             last = self.schedule.state.last_pruned
             name = self.controller.names[last] if last is not None else None
-            cap_s, cap_t = [], []
-            hs = ht = None
-            if name:
-                hs = net.get_submodule(name).register_forward_hook(lambda m, a, o: cap_s.append(o))
-                ht = self.teacher.get_submodule(name).register_forward_hook(lambda m, a, o: cap_t.append(o))
+            cap_s, cap_t, handles = [], [], []
+            if name and self.distill_cfg.beta > 0:
+                handles.append(net.get_submodule(name).register_forward_hook(lambda m, a, o: cap_s.append(o)))
+                handles.append(self.teacher.get_submodule(name).register_forward_hook(
+                    lambda m, a, o: cap_t.append(o)))
             try:
-                v = model(x_t, t, **kw)
+                l_ori = self.scheduler.training_losses(student, x0, kw, noise, mask, weights, t)["loss"]
                 with torch.no_grad():
-                    v_t = self.teacher(x_t, t, **kw)
+                    v_t = self.teacher(seen["x_t"], seen["t"], **kw)
             finally:
-                for h in (hs, ht):
-                    if h is not None:
-                        h.remove()
-            v, v_t = v.float(), v_t.float()
-            per = lambda a: a.flatten(1).mean(1)  # noqa: E731
-            loss = per((v - (x0 - noise).float()) ** 2) + self.distill_cfg.alpha * per((v - v_t) ** 2)
+                for h in handles:
+                    h.remove()
+            v = seen["out"]
+            if v.shape[1] == 2 * x0.shape[1]:
+                v = v.chunk(2, dim=1)[0]
+            if v_t.shape[1] == 2 * x0.shape[1]:
+                v_t = v_t.chunk(2, dim=1)[0]
+            loss = l_ori.float() + self.distill_cfg.alpha * mean_flat((v.float() - v_t.float()) ** 2, mask=mask)
             if cap_s:
-                la = sum(F.mse_loss(a.float(), b.float(), reduction="sum") for a, b in zip(cap_s, cap_t))
-                loss = loss + self.distill_cfg.beta * la / sum(a.numel() for a in cap_s)
+                n = x0.shape[0]
+                la = 0.0
+                for a, b in zip(cap_s, cap_t):
+                    d = (a.float() - b.float()) ** 2
+                    la = la + (d.reshape(n, -1).mean(1) if d.shape[0] % n == 0 else d.mean().expand(n))
+                loss = loss + self.distill_cfg.beta * la / len(cap_s)
             return loss
 
         # -------------------------------------------------------------- sampling
@@ -199,9 +277,6 @@ def register(force: bool = True):
                 return super().sample(stepped, *args, **kwargs)
             finally:
                 ctrl.set_phase("main")
-
-    def sched_add_noise(s, x0, noise, t):
-        return s.add_noise(x0, noise, t)
 
     SCHEDULERS.register_module("coredit_rflow", module=CoReDiTRFLOW, force=force)
     return CoReDiTRFLOW
