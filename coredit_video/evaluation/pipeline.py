@@ -26,6 +26,10 @@ from .video_io import find_clips, read_video
 log = logging.getLogger("coredit.eval")
 
 
+def _summary(r) -> Dict[str, Any]:
+    return dict(mAP=float(r.mAP), NDS=float(r.NDS), class_ap=dict(r.class_ap))
+
+
 def _gt_dir(videos_dir: str) -> str:
     return os.path.join(videos_dir, "gt_video")
 
@@ -111,7 +115,7 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
                         union[n] = union.get(n, 0) + int((pm[c] | gt_map[c]).sum())
         det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
                                               config=protocol.det_config))
-    det = mean_detection(det_results) if len(det_results) > 1 else det_results[0].to_dict()
+    det = mean_detection(det_results) if len(det_results) > 1 else _summary(det_results[0])
     iou = {n: (inter[n] / union[n] if union.get(n) else 0.0) for n in names}
     return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou,
                 mIoU=float(np.mean(list(iou.values()))), generations=len(ks))
@@ -146,7 +150,7 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
             if out.seg_summary:
                 metrics["mIoU"] = float(np.mean([out.seg_summary[c] for c in protocol.miou_classes
                                                  if c in out.seg_summary]))
-        det = mean_detection(results) if len(results) > 1 else results[0].to_dict()
+        det = mean_detection(results) if len(results) > 1 else _summary(results[0])
         metrics.update(mAP=det["mAP"], NDS=det["NDS"])
         per_class_ap = det.get("class_ap", {})
         if "mIoU" not in metrics:
