@@ -10,4 +10,4 @@ protocol = dict(
 )
 perception = dict(type="synthetic")
 # the synthetic samples the videos were generated from (tools/generate.py: data.seed + seed_offset)
-data = dict(train_config="configs/tiny_cpu.py", num_samples=4, seed_offset=1000)
+data = dict(train_config="configs/tiny_cpu.py", num_samples=2, seed_offset=1000)

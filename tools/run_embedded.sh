@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${NPROC:-2}
-SAMPLES=${SAMPLES:-4}
+SAMPLES=${SAMPLES:-2}
 SAMPLING_STEPS=${SAMPLING_STEPS:-30}
 WORK=${WORK:-work_dirs/tiny_cpu}
 EXTRA=()
