@@ -105,7 +105,7 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
                 stok = item["frame_tokens"][f]
                 pose = np.asarray(item["ego2global"][f], np.float64)
                 preds[stok] = boxes_to_global(out["boxes"], pose)
-                gts[stok] = boxes_to_global(ground_truth_boxes(item, f, min_pixels=6), pose)
+                gts[stok] = boxes_to_global(ground_truth_boxes(item, f, min_pixels=16), pose)
                 ego[stok] = pose[:3, 3].tolist()
                 if f == 0:  # the dataset's BEV map is around the frame-0 ego
                     gt_map = np.asarray(item["bev_map"]) > 0.5
