@@ -10,4 +10,7 @@ protocol = dict(
 )
 perception = dict(type="synthetic")
 # the synthetic samples the videos were generated from (tools/generate.py: data.seed + seed_offset)
-data = dict(train_config="configs/tiny_cpu.py", num_samples=2, seed_offset=1000)
+# nuscenes_dir: the samples are written there as a nuScenes-format dataset (13 tables, map, map expansion)
+# and the devkit reads the detection ground truth back from it
+data = dict(train_config="configs/tiny_cpu.py", num_samples=2, seed_offset=1000,
+            nuscenes_dir="work_dirs/tiny_cpu/nuscenes_synthetic")

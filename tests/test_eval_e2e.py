@@ -42,8 +42,9 @@ def test_generate_dense_and_pruned_then_evaluate(tmp_path):
                 "configs/eval_tiny_cpu.py", "--cfg-options", "data.num_samples=1",
                 "protocol.target_hw=(32,56)", "protocol.generation_hw=(32,56)", "protocol.key_frames=(0,1)",
                 "protocol.fvd_resize_hw=(32,56)", "protocol.fvd_crop_hw=(32,56)",
-                "data.train_config=" + str(_tiny_config(tmp_path, opts)),
+                "data.train_config=" + str(_tiny_config(tmp_path, opts)), f"data.nuscenes_dir={tmp_path / 'nusc'}",
                 "--names", "dense", "CoReDiT", "--ratios", "0", "auto", "--out", str(out)])
+    assert (tmp_path / "nusc" / "v1.0-synthetic" / "sample_annotation.json").is_file()  # devkit ground truth
     report = json.loads((out / "eval.json").read_text())
     rows = {r["method"]: r for r in report["results"]}
     assert set(rows) == {"dense", "CoReDiT"} and rows["CoReDiT"]["ratio"] == pytest.approx(0.3)

@@ -67,7 +67,16 @@ def main(argv=None) -> int:
     kind = perception.pop("type")
     dataset = runner = nusc = info = None
     if kind == "synthetic":
-        dataset = synthetic_dataset(dict(cfg.get("data", {})))
+        data_cfg = dict(cfg.get("data", {}))
+        dataset = synthetic_dataset(data_cfg)
+        if data_cfg.get("nuscenes_dir"):  # ground truth through the devkit, from a nuScenes-format export
+            from coredit_video.data.nuscenes_export import write_nuscenes
+            from nuscenes import NuScenes
+
+            root = data_cfg["nuscenes_dir"]
+            if not os.path.isdir(os.path.join(root, "v1.0-synthetic")):
+                write_nuscenes(dataset, root)
+            nusc = NuScenes(version="v1.0-synthetic", dataroot=root, verbose=False)
     elif kind == "bevformer":
         from coredit_video.evaluation.perception_runner import BEVFormerRunner
 

@@ -31,8 +31,13 @@ class BlockLayout:
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]``."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
+
+    One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
+    element-wise ``gather`` with an expanded index."""
+    Fr, N, C = x.shape
+    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
+    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
 
 
 def pruned_self_attention(

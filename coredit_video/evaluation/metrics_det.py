@@ -280,7 +280,8 @@ def evaluate_detection(predictions: Predictions, sample_tokens: Optional[Iterabl
 
     if nusc is not None and gt is None:
         gt_boxes = _load_gt_from_db(nusc, tokens, verbose)
-        pose_src = nusc
+        # a camera-only export has no LIDAR_TOP, which the devkit reads ego poses from: take them as given
+        pose_src = _PoseOnlyNusc(ego_translation) if ego_translation else nusc
     elif gt is not None:
         gg = _group(gt)
         missing = [t for t in tokens if t not in gg]

@@ -69,8 +69,11 @@ def video_metrics(videos_dir: str, protocol: EvalProtocol, lpips_weights: Option
 
 
 def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtocol, progress: bool = True,
-                                 perception=None) -> Dict[str, Any]:
-    """mAP / NDS (nuScenes DetectionEval) and BEV mIoU of the built-in perception on every generation."""
+                                 perception=None, nusc=None) -> Dict[str, Any]:
+    """mAP / NDS (nuScenes DetectionEval) and BEV mIoU of the built-in perception on every generation.
+
+    Ground truth for detection: the nuScenes-format export of ``dataset`` read back by the devkit when
+    ``nusc`` is given (``NuScenes(version="v1.0-synthetic", dataroot=...)``), else the dataset's boxes."""
     from tqdm import tqdm
 
     from ..perception import SyntheticPerception
@@ -113,8 +116,12 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
                     for c, n in enumerate(names):
                         inter[n] = inter.get(n, 0) + int((pm[c] & gt_map[c]).sum())
                         union[n] = union.get(n, 0) + int((pm[c] | gt_map[c]).sum())
-        det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
-                                              config=protocol.det_config))
+        if nusc is not None:
+            det_results.append(evaluate_detection(preds, sorted(preds), nusc=nusc, ego_translation=ego,
+                                                  config=protocol.det_config))
+        else:
+            det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
+                                                  config=protocol.det_config))
     det = mean_detection(det_results) if len(det_results) > 1 else _summary(det_results[0])
     iou = {n: (inter[n] / union[n] if union.get(n) else 0.0) for n in names}
     return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou,
@@ -134,7 +141,7 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
     per_class_ap: Dict[str, float] = {}
     per_class_iou: Dict[str, float] = {}
     if perception == "synthetic":
-        pm = synthetic_perception_metrics(videos_dir, dataset, protocol)
+        pm = synthetic_perception_metrics(videos_dir, dataset, protocol, nusc=nusc)
         metrics.update(mAP=pm["mAP"], NDS=pm["NDS"], mIoU=pm["mIoU"])
         per_class_ap, per_class_iou = pm["class_ap"], pm["iou"]
     elif perception == "bevformer":

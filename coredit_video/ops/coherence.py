@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .partition import GridArg, check_frame, on_device, partition
+from .. import kernels
+from .partition import GridArg, as_pair, cached, cell_counts, check_frame, on_device, partition
 
 
 def cell_mean(values: torch.Tensor, cell_ids: torch.Tensor, n_cells: int) -> torch.Tensor:
     """Mean of ``values [F, N, C]`` over the tokens of each cell -> ``[F, n_cells, C]``."""
     Fr, _, C = values.shape
     sums = values.new_zeros(Fr, n_cells, C).index_add_(1, cell_ids, values)
-    counts = torch.bincount(cell_ids, minlength=n_cells).to(values.dtype)
+    counts = values.new_zeros(n_cells).index_add_(0, cell_ids, values.new_ones(cell_ids.shape))  # no host sync
     return sums / counts.clamp_min(1).view(1, -1, 1)
 
 
@@ -31,9 +31,16 @@ def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> tor
         raise ValueError(f"x must be [F, N, C] (frames, tokens, channels), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor, got {x.dtype}")
-    check_frame(hw, bands, x.shape[1])
-    part = partition(hw, grid, 1, bands)
+    H, W = check_frame(hw, bands, x.shape[1])
+    gh, gw = as_pair(grid, "grid")
+    if kernels.use_triton(x):
+        return kernels.spatial_coherence(x, (H, W), (gh, gw), bands)
+    part = partition((H, W), (gh, gw), 1, bands)
     cell = on_device(part.cell, x.device)
-    xhat = F.normalize(x.float(), dim=-1)
-    g = cell_mean(xhat, cell, part.n_cell)
-    return (xhat * g.index_select(1, cell)).sum(-1)
+    counts = on_device(cached(cell_counts, H, W, bands, gh, gw), x.device)
+    # xhat = x / max(|x|, eps) as F.normalize, in float32; g = cell mean of xhat; sc = xhat . g
+    xf = x.float()
+    xhat = xf / torch.linalg.vector_norm(xf, dim=-1, keepdim=True).clamp_min(1e-12)
+    g = xhat.new_zeros(x.shape[0], part.n_cell, x.shape[2]).index_add_(1, cell, xhat)
+    g = g / counts.view(1, -1, 1)
+    return torch.einsum("fnc,fnc->fn", xhat, g.index_select(1, cell))

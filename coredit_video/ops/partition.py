@@ -93,7 +93,7 @@ def partition(hw: Tuple[int, int], grid: GridArg, subgrid: GridArg = 1, bands: i
     H, W = check_frame(hw, bands)
     gh, gw = as_pair(grid, "grid")
     sh, sw = as_pair(subgrid, "subgrid")
-    return _partition(H, W, bands, gh, gw, sh, sw)
+    return cached(_partition, H, W, bands, gh, gw, sh, sw)
 
 
 @functools.lru_cache(maxsize=256)
@@ -104,6 +104,45 @@ def forced_mask(H: int, W: int, stride: int, block_index: int) -> torch.Tensor:
     return ((i + j - block_index) % stride == 0).reshape(-1)
 
 
+@functools.lru_cache(maxsize=1024)
+def free_per_band(H: int, W: int, stride: int, block_index: int, bands: int) -> Tuple[int, ...]:
+    """Non-forced tokens of each band (pure Python, no tensors: traceable by ``torch.compile`` as a
+    constant). Same count as ``(~forced_mask(H, W, stride, block_index)).view(bands, -1).sum(1)``."""
+    hb = H // bands
+    out = []
+    for b in range(bands):
+        forced = 0
+        for i in range(b * hb, (b + 1) * hb):
+            r0 = (block_index - i) % stride  # forced columns: j = r0 (mod stride)
+            if r0 < W:
+                forced += (W - 1 - r0) // stride + 1
+        out.append(hb * W - forced)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def cell_counts(H: int, W: int, bands: int, gh: int, gw: int) -> torch.Tensor:
+    """``[n_cell]`` float32 token count of every grid cell, in cell-id order (CPU; see :func:`on_device`).
+    Built from Python ints (no data-dependent op), so ``torch.compile`` sees a constant."""
+    hb = H // bands
+    rows = [min(gh, hb - r) for r in range(0, hb, gh)]
+    cols = [min(gw, W - c) for c in range(0, W, gw)]
+    return torch.tensor([r * c for _ in range(bands) for r in rows for c in cols], dtype=torch.float32)
+
+
+def is_compiling() -> bool:
+    """True while ``torch.compile`` (dynamo) traces the caller."""
+    compiler = getattr(torch, "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+def cached(fn, *args):
+    """Call an ``lru_cache``'d builder. Under ``torch.compile`` its body is traced directly (dynamo ignores
+    the cache anyway; this says so instead of warning): the tables become constants of the graph."""
+    return fn.__wrapped__(*args) if is_compiling() else fn(*args)
+
+
 _DEVICE_CACHE: dict = {}
 
 
@@ -111,6 +150,8 @@ def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Cached copy of a (cached, immutable) index tensor on ``device``."""
     if t.device == device:
         return t
+    if is_compiling():  # traced: the copy becomes part of the graph (a constant)
+        return t.to(device)
     key = (id(t), str(device))
     hit = _DEVICE_CACHE.get(key)
     if hit is None or hit[0] is not t:

@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 import torch
 
-from .partition import check_frame, forced_mask, on_device
+from .partition import cached, check_frame, forced_mask, free_per_band, is_compiling, on_device
 
 
 def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1) -> List[int]:
@@ -17,8 +17,7 @@ def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride (m) must be an int >= 1, got {stride!r}")
     band_tokens = H * W // bands
-    forced = forced_mask(H, W, stride, block_index).view(bands, band_tokens)
-    free = (~forced).sum(1).tolist()
+    free = cached(free_per_band, H, W, stride, block_index, bands)  # pure Python: no tensor, no sync
     k = int(math.floor(ratio * band_tokens))
     return [min(k, f, band_tokens - 1) for f in free]
 
@@ -52,21 +51,39 @@ def select_tokens(
     Fr, N = sc.shape
     band_tokens = N // bands
     K = sum(budgets)
-    all_idx = torch.arange(N, device=sc.device).expand(Fr, N)
+    dev = sc.device
+    all_idx = torch.arange(N, device=dev).expand(Fr, N)
     if K == 0:
         return all_idx.contiguous(), all_idx[:, :0].contiguous()
-    if not torch.isfinite(sc).all():
+    # The NaN check needs the scores on the host: done where that is free (CPU, eager). On CUDA it would
+    # stall the launch queue once per block; there a NaN input gives NaN outputs, as dense attention does.
+    if dev.type == "cpu" and not is_compiling() and not torch.isfinite(sc).all():
         raise ValueError("spatial coherence scores contain NaN or inf; check the block input for NaN")
-    forced = on_device(forced_mask(H, W, stride, block_index), sc.device)
-    key = sc.float().masked_fill(forced, float("-inf")).view(Fr, bands, band_tokens)
-    # stable descending sort: equal scores keep index order, so the lower index is skipped first
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-    k_band = torch.tensor(budgets, device=sc.device).view(1, bands, 1)
-    rank = torch.arange(band_tokens, device=sc.device).view(1, 1, -1)
-    skip = torch.zeros(Fr, bands, band_tokens, dtype=torch.bool, device=sc.device)
-    skip.scatter_(2, order, (rank < k_band).expand(Fr, bands, band_tokens))
-    # skipped tokens first, each group in ascending index order (stable sort on a 0/1 key)
-    split = torch.sort(skip.view(Fr, N).to(torch.uint8), dim=-1, descending=True, stable=True).indices
+    forced = on_device(cached(forced_mask, H, W, stride, block_index), dev)
+    key = sc.float()
+    key = torch.where(key == 0, torch.zeros_like(key), key)  # -0.0 == +0.0, as for the sort
+    key = key.masked_fill(forced, float("-inf")).view(Fr, bands, band_tokens)
+    # Unique int64 keys ordered by (score, -index): top-k on them is exactly the stable descending sort's
+    # first k (among equal scores the lower index first), on every device, with no sort of the band.
+    bits = key.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed int32 (-inf lowest)
+    tie = torch.arange(band_tokens - 1, -1, -1, device=dev)  # lower index -> larger
+    comp = ordered.to(torch.int64) * (1 << 32) + tie
+    k_max = max(budgets)
+    skip = torch.zeros(Fr, bands, band_tokens, dtype=torch.bool, device=dev)
+    if min(budgets) == k_max:
+        top = torch.topk(comp, k_max, dim=-1, sorted=False).indices
+        skip.scatter_(2, top, True)
+    else:
+        top = torch.topk(comp, k_max, dim=-1, sorted=True).indices
+        k_band = torch.tensor(budgets, device=dev).view(1, bands, 1)
+        rank = torch.arange(k_max, device=dev).view(1, 1, -1)
+        skip.scatter_(2, top, (rank < k_band).expand(Fr, bands, k_max))
+    # skipped tokens first, each group in ascending index order: positions from a running count
+    skip = skip.view(Fr, N)
+    n_skip = skip.cumsum(1)  # skipped tokens up to and including n
+    pos = torch.where(skip, n_skip - 1, K + all_idx - n_skip)
+    split = torch.empty(Fr, N, dtype=torch.int64, device=dev).scatter_(1, pos, all_idx)
     return split[:, K:].contiguous(), split[:, :K].contiguous()
 
 
@@ -80,7 +97,7 @@ def redundancy_increment(
     band_tokens = N // bands
     k = int(math.floor(ratio * band_tokens))
     dk = max(1, int(math.floor(delta_ratio * band_tokens)))
-    forced = on_device(forced_mask(H, W, stride, block_index), sc.device)
+    forced = on_device(cached(forced_mask, H, W, stride, block_index), sc.device)
     vals = sc.float().masked_fill(forced, float("-inf")).view(Fr, bands, band_tokens)
     top = torch.topk(vals, min(band_tokens, k + dk), dim=-1).values[..., k:]
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
