@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""One denoising step of the built-in MagicDrive-shaped host, dense vs CoReDiT pruned: time and peak memory,
+next to the FLOPs model's prediction for the same model and shapes.
+
+Default: the XL host (``host_config('xl')``: width 1152, 16 heads, 28 base + 13 control spatial blocks
+and as many temporal blocks, cross-view attention in the base spatial blocks) at 848x1600
+(53x100 tokens, padded to 56x100 for SP 8), 6 views, 5 latent frames (17 frames), batch 1, a uniform
+plan of ratio 0.26 (mean 0.26; ``--plan plan.json`` for another), main phase. bf16 on CUDA, fp32 on CPU.
+
+Timing: ``--repeats`` rounds after warm-up, each round one dense and one pruned step back to back
+(``coredit_video.apply`` / ``remove`` between them); speed-up = median over rounds of dense / pruned.
+Peak memory: on CUDA ``max_memory_allocated`` during one step minus the memory allocated before it; on
+CPU the peak resident set size of a fresh worker process during one step (the kernel's peak mark reset
+just before it) minus its resident size just before the step (one worker per variant).
+
+    python tools/bench_e2e.py                                              # GPU, full XL
+    python tools/bench_e2e.py --device cpu --depth 1 --control-depth 1 --views 1 --latent-frames 1
+
+Writes ``docs/benchmarks/e2e_<tag>.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import coredit_video as cv  # noqa: E402
+from coredit_video import kernels  # noqa: E402
+from coredit_video.flops import PRESETS, count_flops, load_plan, parse_hw  # noqa: E402
+from coredit_video.models import MultiViewSTDiT, host_config  # noqa: E402
+
+
+def build(args, device, dtype):
+    overrides = {"force_pad_h_for_sp_size": args.pad_sp if args.pad_sp > 1 else None}
+    if args.depth is not None:
+        overrides["depth"] = args.depth
+    if args.control_depth is not None:
+        overrides["control_depth"] = args.control_depth
+    cfg = host_config(args.preset, **overrides)
+    torch.manual_seed(0)
+    model = MultiViewSTDiT(cfg).to(device=device, dtype=dtype).eval()
+    h_px, w_px = parse_hw(args.resolution)
+    g = torch.Generator().manual_seed(1)
+    B, NC, T = args.batch, args.views, args.latent_frames
+    lat_h, lat_w = -(-h_px // 8), -(-w_px // 8)
+    inputs = dict(
+        x=torch.randn(B, NC, cfg.in_channels, T, lat_h, lat_w, generator=g),
+        timestep=torch.full((B,), 500.0),
+        y=torch.randn(B, args.cond_tokens, cfg.cond_dim, generator=g),
+        cams=torch.randn(B, NC, cfg.cam_dim, generator=g),
+        bev_map=torch.randn(B, cfg.map_channels, 64, 64, generator=g),
+    )
+    inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    return model, cfg, inputs
+
+
+def plan_of(args, n_blocks: int):
+    if args.plan:
+        return load_plan(args.plan)
+    return [args.ratio] * n_blocks
+
+
+def prune_cfg(args, plan):
+    return {"ratios": plan, "max_ratio": max(0.5, max(plan))}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(args) -> None:
+    """Child process: one step of one variant; prints the resident-size numbers as JSON."""
+    device, dtype = torch.device(args.device), resolve_dtype(args)
+    model, cfg, inputs = build(args, device, dtype)
+    if args.worker == "pruned":
+        ctrl = cv.apply(model, prune_cfg(args, plan_of(args, cfg.depth + cfg.control_depth)))
+        ctrl.set_step(0, 30)
+    reset = reset_peak_rss()  # else the peak may be model construction's, not the step's
+    before = _status_kib("VmRSS") * 1024
+    with torch.no_grad():
+        model(**inputs)
+    if reset:
+        peak = _status_kib("VmHWM") * 1024
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"rss_before": before, "peak_rss": peak, "step_peak": peak - before, "peak_reset": reset}))
+
+
+def resolve_dtype(args):
+    if args.dtype:
+        return getattr(torch, args.dtype)
+    return torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
+
+
+def memory_cpu(argv, variant: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", variant]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def memory_cuda(model, inputs, args, plan) -> dict:
+    res = {}
+    for variant in ("dense", "pruned"):
+        if variant == "pruned":
+            cv.apply(model, prune_cfg(args, plan)).set_step(0, 30)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            model(**inputs)
+        torch.cuda.synchronize()
+        res[variant] = {"before": before, "peak": torch.cuda.max_memory_allocated(),
+                        "step_peak": torch.cuda.max_memory_allocated() - before}
+        cv.remove(model)
+    return res
+
+
+def command_line(argv) -> str:
+    """The invocation, without the free-text ``--note`` (printed on its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--note":
+            skip = True
+            continue
+        if a.startswith("--note="):
+            continue
+        out.append(a)
+    return "python tools/bench_e2e.py " + " ".join(out)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="xl")
+    ap.add_argument("--depth", type=int, default=None, help="override the preset's base depth (CPU runs)")
+    ap.add_argument("--control-depth", type=int, default=None)
+    ap.add_argument("--resolution", default="848x1600")
+    ap.add_argument("--pad-sp", type=int, default=8)
+    ap.add_argument("--views", type=int, default=6)
+    ap.add_argument("--latent-frames", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--cond-tokens", type=int, default=32, help="condition tokens L handed in as y (+1 camera token)")
+    ap.add_argument("--ratio", type=float, default=0.26)
+    ap.add_argument("--plan", default=None, help="plan JSON (ratios per prunable block) instead of --ratio")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", default="docs/benchmarks")
+    ap.add_argument("--worker", choices=("dense", "pruned"), default=None, help=argparse.SUPPRESS)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(raw)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args)
+        return {}
+
+    device, dtype = torch.device(args.device), resolve_dtype(args)
+    model, cfg, inputs = build(args, device, dtype)
+    n_blocks = cfg.depth + cfg.control_depth
+    plan = plan_of(args, n_blocks)
+    H, W = model.token_grid(inputs["x"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"host {args.preset}: width {cfg.hidden}, {cfg.depth}+{cfg.control_depth} spatial and temporal blocks, "
+          f"token grid {H}x{W}, {args.views} views x {args.latent_frames} latent frames x batch {args.batch}, "
+          f"{dtype}, plan mean {sum(plan) / len(plan):.3f}", flush=True)
+
+    def step():
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(**inputs)
+        sync()
+        return time.perf_counter() - t0
+
+    times = {"dense": [], "pruned": []}
+    for i in range(args.warmup + args.repeats):
+        for variant in ("dense", "pruned"):
+            if variant == "pruned":
+                cv.apply(model, prune_cfg(args, plan)).set_step(0, 30)
+            dt = step()
+            cv.remove(model)
+            if i >= args.warmup:
+                times[variant].append(dt)
+            print(f"  round {i}{' (warm-up)' if i < args.warmup else ''} {variant}: {dt:.2f} s", flush=True)
+    speedups = [d / p for d, p in zip(times["dense"], times["pruned"])]
+
+    spec = replace(PRESETS["magicdrive-v2-xl"], hidden=cfg.hidden, depth=cfg.depth, control_depth=cfg.control_depth,
+                   num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, in_channels=cfg.in_channels,
+                   out_channels=cfg.in_channels, cond_tokens=args.cond_tokens + 1, caption_channels=cfg.cond_dim,
+                   views=args.views)
+    # The host attends to both neighbours (roll +-1) whatever the view count; the FLOPs model counts
+    # min(2, views - 1) neighbours, so for fewer than 3 views it is evaluated at 3 views and scaled back.
+    fl_views = max(args.views, 3)
+    fl = count_flops(spec, hw_tokens=(H, W), latent_frames=args.latent_frames, views=fl_views, ratios=plan, stride=3)
+    scale = args.views / fl_views
+    predicted = fl["dense_total"] / fl["pruned_total"]
+
+    memory = None
+    if not args.no_memory:
+        if device.type == "cuda":
+            memory = memory_cuda(model, inputs, args, plan)
+        else:
+            memory = {v: memory_cpu([a for a in raw], v) for v in ("dense", "pruned")}
+    result = {
+        "meta": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)",
+            "torch": torch.__version__, "python": platform.python_version(), "triton": kernels.HAS_TRITON,
+            "dtype": str(dtype).replace("torch.", ""), "preset": args.preset, "hidden": cfg.hidden,
+            "depth": cfg.depth, "control_depth": cfg.control_depth, "heads": cfg.num_heads,
+            "resolution": args.resolution, "tokens": [H, W], "views": args.views,
+            "latent_frames": args.latent_frames, "batch": args.batch, "cond_tokens": args.cond_tokens + 1,
+            "plan_mean": sum(plan) / len(plan), "warmup": args.warmup, "repeats": args.repeats,
+            "command": command_line(raw), "note": args.note,
+        },
+        "dense_s": statistics.median(times["dense"]), "pruned_s": statistics.median(times["pruned"]),
+        "times": times, "speedup": statistics.median(speedups), "speedup_min": min(speedups),
+        "speedup_max": max(speedups),
+        "flops": {"dense": fl["dense_total"] * args.batch * scale, "pruned": fl["pruned_total"] * args.batch * scale,
+                  "views_in_model": fl_views,
+                  "total_reduction": fl["total_reduction"],
+                  "self_attention_reduction": fl["self_attention_reduction"],
+                  "predicted_speedup": predicted,
+                  "spatial_self_attention_share": fl["kinds"]["spatial_self_attention"]["dense"] / fl["dense_total"]},
+        "memory": memory,
+    }
+    print(f"speed-up dense/pruned: median {result['speedup']:.3f} (rounds {min(speedups):.3f}..{max(speedups):.3f}); "
+          f"FLOPs model: {predicted:.3f} (total -{100 * fl['total_reduction']:.1f}%)")
+    if memory:
+        d, p = memory["dense"]["step_peak"], memory["pruned"]["step_peak"]
+        print(f"step peak memory: dense {d / 2**20:.0f} MiB, pruned {p / 2**20:.0f} MiB ({p / d:.3f})")
+    tag = args.tag or ("cuda" if device.type == "cuda" else "cpu")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"e2e_{tag}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, f"e2e_{tag}.md"), "w") as f:
+        f.write(to_markdown(result))
+    print(f"wrote {args.out}/e2e_{tag}.json and .md")
+    return result
+
+
+def to_markdown(r: dict) -> str:
+    m, fl, mem = r["meta"], r["flops"], r["memory"]
+    out = [f"# One denoising step, dense vs CoReDiT pruned ({m['device']})", "",
+           f"Host `{m['preset']}` (width {m['hidden']}, {m['heads']} heads, {m['depth']}+{m['control_depth']} "
+           f"spatial and as many temporal blocks), {m['resolution']} -> token grid {m['tokens'][0]}x{m['tokens'][1]}, "
+           f"{m['views']} views x {m['latent_frames']} latent frames x batch {m['batch']}, {m['cond_tokens']} "
+           f"condition tokens, {m['dtype']}, uniform plan of mean ratio {m['plan_mean']:.2f} (main phase). "
+           f"Median of {m['repeats']} interleaved rounds after {m['warmup']} warm-up. torch {m['torch']}.", "",
+           f"Command: `{m['command']}`", ""]
+    if m.get("note"):
+        out += [m["note"], ""]
+    out += ["| | dense | pruned | pruned/dense |", "|---|---|---|---|",
+            f"| step time (s) | {r['dense_s']:.2f} | {r['pruned_s']:.2f} | {r['pruned_s'] / r['dense_s']:.3f} |",
+            f"| FLOPs (model) | {fl['dense']:.3e} | {fl['pruned']:.3e} | {fl['pruned'] / fl['dense']:.3f} |"]
+    if mem:
+        d, p = mem["dense"]["step_peak"], mem["pruned"]["step_peak"]
+        out.append(f"| step peak memory (MiB) | {d / 2**20:.0f} | {p / 2**20:.0f} | {p / d:.3f} |")
+    out += ["", f"Measured speed-up (dense/pruned, median of per-round ratios): **{r['speedup']:.3f}** "
+            f"(rounds {r['speedup_min']:.3f} .. {r['speedup_max']:.3f}). FLOPs model prediction if time followed "
+            f"FLOPs: **{fl['predicted_speedup']:.3f}** (total -{100 * fl['total_reduction']:.1f}%, spatial "
+            f"self-attention -{100 * fl['self_attention_reduction']:.1f}%, which is "
+            f"{100 * fl['spatial_self_attention_share']:.1f}% of the dense FLOPs)."]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
