@@ -22,11 +22,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     from mmengine.config import Config, DictAction
 
+    from coredit_video.integrations.magicdrive_runner import run_magicdrive_script, runner_of
+
+    first = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if first and os.path.isfile(first[0]) and runner_of(first[0]) == "magicdrive_v2":
+        return run_magicdrive_script("test_magicdrive.py", first[0])  # MagicDrive-V2 writes its test layout
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     ap.add_argument("--ckpt", default="auto", help="'auto', a checkpoint directory, or 'none' (random weights)")
-    mode = ap.add_mutually_exclusive_group(required=True)
+    mode = ap.add_mutually_exclusive_group(required=True)  # (MagicDrive-V2 configs: only the config)
     mode.add_argument("--plan", help="pruning plan JSON (from training): generate pruned")
     mode.add_argument("--dense", action="store_true", help="generate with the dense model")
     ap.add_argument("--out", required=True)

@@ -32,8 +32,13 @@ def main(argv=None) -> int:
 
     if not os.path.isfile(args.config):
         ap.error(f"config file {args.config!r} not found")
-    if _runner_of(args.config) == "magicdrive_v2":
-        return run_magicdrive(args, argv)
+    from coredit_video.integrations.magicdrive_runner import run_magicdrive_script, runner_of
+
+    if runner_of(args.config) == "magicdrive_v2":
+        if args.cfg_options or args.resume:
+            print("note: --cfg-options / --resume are not passed to MagicDrive-V2's script; set them in the config "
+                  "(its `load` key resumes; CoReDiT's schedule resumes from scheduler.state_dir)", file=sys.stderr)
+        return run_magicdrive_script("train_magicdrive.py", args.config)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -52,42 +57,6 @@ def main(argv=None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         brief = {k: v for k, v in summary.items() if k != "decisions"}
         print(json.dumps(brief, indent=2, default=str))
-    return 0
-
-
-def _runner_of(path: str) -> str:
-    """``coredit_runner`` of a config, read without resolving its ``_base_`` (which may live in a
-    MagicDrive-V2 checkout)."""
-    import ast
-
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "coredit_runner" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return "coredit"
-
-
-def run_magicdrive(args, argv) -> int:
-    """Run MagicDrive-V2's own training script with CoReDiT's scheduler registered (no fork)."""
-    import runpy
-
-    root = os.environ.get("MAGICDRIVE_V2_ROOT")
-    if not root or not os.path.isfile(os.path.join(root, "scripts", "train_magicdrive.py")):
-        print("error: set MAGICDRIVE_V2_ROOT to your MagicDrive-V2 checkout (commit 4ed72c6; see "
-              "third_party/README.md)", file=sys.stderr)
-        return 2
-    sys.path.insert(0, root)
-    os.chdir(root)  # MagicDrive-V2 resolves its data and checkpoint paths from its root
-    from coredit_video.integrations.magicdrive import register
-
-    register()
-    script = os.path.join(root, "scripts", "train_magicdrive.py")
-    if args.cfg_options or args.resume:
-        print("note: --cfg-options / --resume are not passed to MagicDrive-V2's script; set them in the config "
-              "(its `load` key resumes; CoReDiT's schedule resumes from scheduler.state_dir)", file=sys.stderr)
-    sys.argv = [script, os.path.abspath(args.config)]
-    runpy.run_path(script, run_name="__main__")
     return 0
 
 
