@@ -14,57 +14,27 @@ MIN_RECALL = 0.1
 MIN_PRECISION = 0.1
 
 
-def _ap_from_matches(tp: np.ndarray, n_gt: int) -> float:
-    if n_gt == 0:
-        return float("nan")
-    if len(tp) == 0:
-        return 0.0
-    ctp = np.cumsum(tp)
-    cfp = np.cumsum(~tp)
-    prec = ctp / np.maximum(ctp + cfp, 1)
-    rec = ctp / n_gt
-    # Precision linearly interpolated on a 101-point recall grid, 0 beyond the largest recall reached.
-    p = np.interp(np.linspace(0, 1, 101), rec, prec, right=0.0)
-    p = p[int(round(100 * MIN_RECALL)) + 1:] - MIN_PRECISION
-    return float(np.mean(np.clip(p, 0, None)) / (1 - MIN_PRECISION))
-
-
 def center_distance_ap(predictions: Sequence[List[Dict[str, Any]]], ground_truths: Sequence[List[Dict[str, Any]]],
                        thresholds: Sequence[float] = DIST_THRESHOLDS,
                        classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """mAP over classes with ground truth (or ``classes``) and thresholds (metres).
+    """mAP over classes with ground truth (or ``classes``) and thresholds (metres), per frame lists.
 
-    ``predictions[f]`` / ``ground_truths[f]``: the boxes of frame ``f`` as dicts with ``translation`` (first
-    two used), ``detection_name`` and, for predictions, ``detection_score``; both in the same frame.
-    Returns ``{"mAP", "ap": {class: {threshold: AP}}, "num_gt": {class: n}}``.
+    ``predictions[f]`` / ``ground_truths[f]``: the boxes of frame ``f`` as dicts with ``translation``,
+    ``detection_name`` and, for predictions, ``detection_score``; both in the same frame. The matching and AP
+    are :func:`coredit_video.evaluation.metrics_det.average_precision`'s (one implementation for both).
+    Returns ``{"mAP", "ap": {class: {threshold: AP}}, "num_gt": {class: n}}``; a class without ground truth
+    has AP nan and is left out of the mean.
     """
+    from ..evaluation.metrics_det import average_precision
+
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction frames vs {len(ground_truths)} ground-truth frames")
-    names = sorted({g["detection_name"] for f in ground_truths for g in f}) if classes is None else list(classes)
-    ap: Dict[str, Dict[float, float]] = {}
-    num_gt: Dict[str, int] = {}
-    for cls in names:
-        gts = [np.array([g["translation"][:2] for g in f if g["detection_name"] == cls]).reshape(-1, 2)
-               for f in ground_truths]
-        num_gt[cls] = int(sum(len(g) for g in gts))
-        preds = [(p["detection_score"], fi, np.asarray(p["translation"][:2], float))
-                 for fi, f in enumerate(predictions) for p in f if p["detection_name"] == cls]
-        preds.sort(key=lambda x: -x[0])
-        ap[cls] = {}
-        for th in thresholds:
-            taken = [np.zeros(len(g), dtype=bool) for g in gts]
-            tp = np.zeros(len(preds), dtype=bool)
-            for i, (_, fi, xy) in enumerate(preds):
-                g = gts[fi]
-                if not len(g):
-                    continue
-                dist = np.linalg.norm(g - xy, axis=1)
-                dist[taken[fi]] = np.inf
-                j = int(np.argmin(dist))
-                if dist[j] < th:
-                    taken[fi][j] = True
-                    tp[i] = True
-            ap[cls][float(th)] = _ap_from_matches(tp, num_gt[cls])
+    token = "{:08d}".format
+    pred = {token(f): list(boxes) for f, boxes in enumerate(predictions)}
+    gt = {token(f): list(boxes) for f, boxes in enumerate(ground_truths)}
+    res = average_precision(pred, gt, thresholds, classes, MIN_RECALL, MIN_PRECISION)
+    num_gt = {c: sum(1 for f in ground_truths for g in f if g["detection_name"] == c) for c in res["ap"]}
+    ap = {c: {float(th): (v if num_gt[c] else float("nan")) for th, v in per.items()} for c, per in res["ap"].items()}
     vals = [v for c in ap for v in ap[c].values() if not np.isnan(v)]
     return {"mAP": float(np.mean(vals)) if vals else float("nan"), "ap": ap, "num_gt": num_gt}
 
