@@ -141,19 +141,9 @@ def memory_cuda(model, inputs, args, plan) -> dict:
 
 
 def command_line(argv) -> str:
-    """The invocation, without the free-text ``--note`` (printed on its own)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--note":
-            skip = True
-            continue
-        if a.startswith("--note="):
-            continue
-        out.append(a)
-    return "python tools/bench_e2e.py " + " ".join(out)
+    from bench_util import command_line as _command_line
+
+    return _command_line("bench_e2e.py", argv)
 
 
 def main(argv=None) -> dict:
