@@ -73,9 +73,11 @@ def main(argv=None) -> int:
             from coredit_video.data.nuscenes_export import write_nuscenes
             from nuscenes import NuScenes
 
+            import shutil
+
             root = data_cfg["nuscenes_dir"]
-            if not os.path.isdir(os.path.join(root, "v1.0-synthetic")):
-                write_nuscenes(dataset, root)
+            shutil.rmtree(root, ignore_errors=True)  # always the samples of this evaluation
+            write_nuscenes(dataset, root)
             nusc = NuScenes(version="v1.0-synthetic", dataroot=root, verbose=False)
     elif kind == "bevformer":
         from coredit_video.evaluation.perception_runner import BEVFormerRunner

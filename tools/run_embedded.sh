@@ -9,13 +9,13 @@ NPROC=${NPROC:-2}
 SAMPLES=${SAMPLES:-2}
 SAMPLING_STEPS=${SAMPLING_STEPS:-30}
 WORK=${WORK:-work_dirs/tiny_cpu}
-EXTRA=()
-if [[ -n "${STEPS:-}" ]]; then EXTRA=(--cfg-options "train.steps=${STEPS}"); fi
+CFG_OPTS=("parallel.sp_size=${NPROC}")
+if [[ -n "${STEPS:-}" ]]; then CFG_OPTS+=("train.steps=${STEPS}"); fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 echo "== 1/4 fine-tune (torchrun, ${NPROC} processes, SP=${NPROC}; resumes if interrupted)"
 torchrun --standalone --nproc_per_node "${NPROC}" tools/train.py configs/tiny_cpu.py --work-dir "${WORK}" \
-    --resume auto --cfg-options "parallel.sp_size=${NPROC}" "${EXTRA[@]:+${EXTRA[@]:1}}"
+    --resume auto --cfg-options "${CFG_OPTS[@]}"
 echo "== 2/4 generate dense"
 python tools/generate.py configs/tiny_cpu.py --cfg-options "work_dir=${WORK}" --ckpt auto --dense \
     --out "${WORK}/videos/dense" --num-samples "${SAMPLES}" --steps "${SAMPLING_STEPS}"
@@ -24,4 +24,4 @@ python tools/generate.py configs/tiny_cpu.py --cfg-options "work_dir=${WORK}" --
     --plan "${WORK}/plan.json" --out "${WORK}/videos/pruned" --num-samples "${SAMPLES}" --steps "${SAMPLING_STEPS}"
 echo "== 4/4 evaluate"
 python tools/eval_bev.py "${WORK}/videos/dense" "${WORK}/videos/pruned" --config configs/eval_tiny_cpu.py \
-    --cfg-options "data.num_samples=${SAMPLES}" --names dense CoReDiT --ratios 0 auto --out "${WORK}/eval"
+    --cfg-options "data.num_samples=${SAMPLES}" "data.nuscenes_dir=${WORK}/nuscenes_synthetic" --names dense CoReDiT --ratios 0 auto --out "${WORK}/eval"
