@@ -19,13 +19,12 @@ from .ops import band_budgets, redundancy_increment
 from .parallel.seq_attention import sp_self_attention
 
 PHASES = ("main", "late")
+PLAN_VERSION = 1
 
 
 def sp_size_of(group) -> int:
     """Ranks in a sequence-parallel process group (1 without one)."""
     return dist.get_world_size(group) if group is not None else 1
-
-PLAN_VERSION = 1
 
 
 class PruningController:
@@ -142,6 +141,11 @@ class PruningController:
             elif hw is not None and self._contexts[ptr][1] != tuple(hw):
                 raise ValueError(f"blocks of one forward disagree on the frame size: {self._contexts[ptr][1]} vs {hw}")
         self._active = self._contexts.get(ptr)
+
+    def frame_of(self, key: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """The frame ``(H, W)`` recorded by :meth:`enter_block` for the forward keyed by ``key`` (or ``None``)."""
+        ctx = self._contexts.get(key.data_ptr())
+        return ctx[1] if ctx is not None else None
 
     # ------------------------------------------------------------------ statistics for the schedule
     def collect_stats(self, delta_ratio: Optional[float]) -> None:

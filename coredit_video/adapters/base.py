@@ -36,5 +36,11 @@ class HostAdapter:
     def attach(self, model: nn.Module, controller) -> list:
         raise NotImplementedError
 
+    @staticmethod
+    def hook_blocks(model: nn.Module, controller, hook) -> list:
+        """A forward pre-hook (``with_kwargs``) on the block holding each prunable attention; returns handles."""
+        return [model.get_submodule(name.rsplit(".", 1)[0]).register_forward_pre_hook(hook, with_kwargs=True)
+                for name in controller.names]
+
     def sp_group(self, model: nn.Module):
         return None

@@ -23,11 +23,8 @@ class BuiltinHostAdapter(HostAdapter):
         def enter_block(module, args, kwargs):  # blk(x, cond, t_mod, T, S, NC): t_mod keys the forward
             controller.enter_block(args[2] if len(args) > 2 else kwargs["t_mod"])
 
-        handles = [model.register_forward_pre_hook(learn_frame, with_kwargs=True)]
-        for name in controller.names:
-            block = model.get_submodule(name.rsplit(".", 1)[0])
-            handles.append(block.register_forward_pre_hook(enter_block, with_kwargs=True))
-        return handles
+        return ([model.register_forward_pre_hook(learn_frame, with_kwargs=True)]
+                + self.hook_blocks(model, controller, enter_block))
 
     def sp_group(self, model):
         return getattr(model, "sp_group", None)

@@ -18,8 +18,8 @@ a random ``simulate_sp_size`` during training, or the SP size): each spatial blo
 Every model forward opens a new pruning context (``controller.set_frame``) at its first spatial block,
 so the phase set before a forward (``set_step`` / ``set_phase``) is the one it prunes with, even when a
 no-grad sampling loop hands every forward's ``t_mlp`` the same storage. A gradient-checkpoint
-recompute is recognised by its ``t_mlp`` and gets its own forward's width (and, from the controller,
-its phase and frame), even after later forwards of other phases or frame sizes.
+recompute is recognised by its ``t_mlp``: the controller keeps that forward's phase and frame
+(``controller.frame_of``), even after later forwards of other phases or frame sizes.
 
 Checked against a real checkout by ``tests/test_magicdrive_adapter.py`` (``MAGICDRIVE_V2_ROOT``).
 """
@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import OrderedDict
 
 from ..registry import HOST_ADAPTERS
 from .base import HostAdapter
 
 CLASS_NAMES = ("MagicDriveSTDiT3",)
-_MAX_FORWARDS = 64  # forwards whose recompute can still come (as the controller keeps)
 
 
 def _rows(S: int, W: int, controller) -> int:
     """Padded token rows of the frame from a spatial block's ``S`` (this rank's share under SP)."""
-    sp_size = 1 if controller.sp_group is None else controller.sp_group_size
+    sp_size = controller.sp_group_size
     full = S * sp_size
     if full % W:
         raise ValueError(f"spatial block got S={S} tokens on each of {sp_size} SP ranks, not whole rows of "
@@ -86,11 +84,10 @@ class MagicDriveV2Adapter(HostAdapter):
 
     def attach(self, model, controller) -> list:
         # Each model forward starts a new pruning context (``set_frame``) at its first spatial block, the first
-        # place where both W (from x) and this forward's padded H (from S) are known. A block whose t_mlp was
-        # seen before is a gradient-checkpoint recompute of that forward: it gets that forward's width, and
-        # the controller gives it that forward's phase and frame.
+        # place where both W (from x) and this forward's padded H (from S) are known. Any other block (later
+        # in the same forward, or a gradient-checkpoint recompute of an older one) finds its forward's frame,
+        # phase and width in the controller by its t_mlp.
         state = {"W": None, "timestep": None, "new": False}
-        widths: OrderedDict = OrderedDict()  # t_mlp.data_ptr() -> W of the forward it belongs to
 
         def learn_width(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
@@ -102,28 +99,22 @@ class MagicDriveV2Adapter(HostAdapter):
         def enter_block(module, args, kwargs):
             t_mlp = args[2] if len(args) > 2 else kwargs["t"]
             S = args[7] if len(args) > 7 else kwargs["S"]
-            key = t_mlp.data_ptr()
-            new = state["new"]
-            if new:  # first spatial block of a new forward (a freed t_mlp's address may come back: overwrite)
-                widths[key] = state["W"]
-                widths.move_to_end(key)
-                while len(widths) > _MAX_FORWARDS:
-                    widths.popitem(last=False)
+            if state["new"]:  # first spatial block of a new forward (a freed t_mlp's address may come back)
                 state["new"] = False
-            W = widths.get(key)
-            if W is None:
-                raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
-                                   "learns the frame width from MagicDriveSTDiT3.forward")
-            H = _rows(int(S), W, controller)
-            if new:
+                W = state["W"]
+                H = _rows(int(S), W, controller)
                 controller.set_frame((H, W), timestep=state["timestep"])
+            else:
+                frame = controller.frame_of(t_mlp)
+                if frame is None:
+                    raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
+                                       "learns the frame width from MagicDriveSTDiT3.forward")
+                W = frame[1]
+                H = _rows(int(S), W, controller)
             controller.enter_block(t_mlp, (H, W))
 
-        handles = [model.register_forward_pre_hook(learn_width, with_kwargs=True)]
-        for name in controller.names:
-            block = model.get_submodule(name.rsplit(".", 1)[0])
-            handles.append(block.register_forward_pre_hook(enter_block, with_kwargs=True))
-        return handles
+        return ([model.register_forward_pre_hook(learn_width, with_kwargs=True)]
+                + self.hook_blocks(model, controller, enter_block))
 
     def sp_group(self, model):
         return _sp_group_of(model)
