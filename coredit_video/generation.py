@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,16 +30,6 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """``[3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]``."""
     v = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return v.permute(1, 2, 3, 0).contiguous().numpy()
-
-
-def null_condition(batch: Dict) -> Dict:
-    """The unconditional input for classifier-free guidance: no boxes/text tokens and no map
-    (the trainer drops the same conditions with probability ``train.cond_drop``)."""
-    out = dict(batch)
-    out["y"] = torch.zeros_like(batch["y"])
-    if batch.get("bev_map") is not None:
-        out["bev_map"] = torch.zeros_like(batch["bev_map"])
-    return out
 
 
 def load_weights(model: torch.nn.Module, ckpt_dir: str, use_ema: bool = True) -> str:
@@ -63,8 +53,10 @@ def load_weights(model: torch.nn.Module, ckpt_dir: str, use_ema: bool = True) ->
 @torch.no_grad()
 def generate(bundle, out_dir: str, rflow: RFlowConfig, prune_cfg=None, plan: Optional[str] = None,
              gens: int = 1, seed: int = 0, indices=None, write_gt: bool = True, fps: float = 12.0,
-             codec=None, progress: bool = True) -> dict:
-    """Sample every dataset item ``gens`` times; ``plan=None`` runs dense. Returns a summary dict."""
+             codec=None, progress: bool = True, meta: Optional[dict] = None) -> dict:
+    """Sample every dataset item ``gens`` times; ``plan=None`` runs dense. The unconditional input of
+    classifier-free guidance is the bundle's ``drop_condition`` (what training drops with probability
+    ``train.cond_drop``); without one, no guidance. Writes and returns a summary dict (plus ``meta``)."""
     from tqdm import tqdm
 
     from .evaluation.video_io import write_video
@@ -89,8 +81,10 @@ def generate(bundle, out_dir: str, rflow: RFlowConfig, prune_cfg=None, plan: Opt
         for k in range(gens):
             g = torch.Generator().manual_seed(seed * 1_000_003 + int(item.get("index", i)) * 101 + k)
             noise = torch.randn(x0.shape, generator=g)
-            z = sample(model, bundle.forward, noise, batch, null_condition(batch), rflow, h, w, int(f),
-                       controller=ctrl)
+            null = None
+            if bundle.drop_condition is not None:
+                null = bundle.drop_condition(batch, torch.ones(x0.shape[0], dtype=torch.bool))
+            z = sample(model, bundle.forward, noise, batch, null, rflow, h, w, int(f), controller=ctrl)
             video = codec.decode(z)[0] if codec is not None else z[0]
             for c, cam in enumerate(cams):
                 p = os.path.join(out_dir, "gen_video", f"{token}_gen{k}", f"{token}_{cam}.mp4")
@@ -101,7 +95,7 @@ def generate(bundle, out_dir: str, rflow: RFlowConfig, prune_cfg=None, plan: Opt
 
         remove(model)
     summary = dict(out_dir=out_dir, samples=len(indices), generations=gens, videos=len(written),
-                   pruned=plan is not None, plan=plan, mean_ratio=ctrl.mean_ratio if ctrl else 0.0)
+                   pruned=plan is not None, plan=plan, mean_ratio=ctrl.mean_ratio if ctrl else 0.0, **(meta or {}))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "generation.json"), "w") as f:
         json.dump(summary, f, indent=2)

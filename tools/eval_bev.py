@@ -19,18 +19,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def synthetic_dataset(data_cfg: dict):
+    """The held-out synthetic samples ``tools/generate.py`` generated from (same config, seed offset)."""
     from mmengine.config import Config
 
     from coredit_video.training.config import build_train_config
+    from coredit_video.training.hosts import held_out_data, synthetic_dataset as build
 
     tcfg = build_train_config(Config.fromfile(data_cfg["train_config"]))
-    data = dict(tcfg.data, num_samples=int(data_cfg.get("num_samples", 4)),
-                seed=int(tcfg.data.get("seed", 0)) + int(data_cfg.get("seed_offset", 1000)))
-    data.pop("codec", None)
-    data.pop("type", None)
-    from coredit_video.data import SyntheticDrivingDataset
-
-    return SyntheticDrivingDataset(**data)
+    data = held_out_data(tcfg.data, data_cfg.get("num_samples", 4), data_cfg.get("seed_offset", 1000))
+    return build(data)[0]
 
 
 def main(argv=None) -> int:
@@ -94,7 +91,10 @@ def main(argv=None) -> int:
     for folder, name, ratio in zip(args.videos, names, ratios):
         if ratio == "auto":
             meta = os.path.join(folder, "generation.json")
-            ratio = json.load(open(meta)).get("mean_ratio", 0.0) if os.path.isfile(meta) else 0.0
+            ratio = 0.0
+            if os.path.isfile(meta):
+                with open(meta) as f:
+                    ratio = json.load(f).get("mean_ratio", 0.0)
         res = evaluate_run(name, float(ratio), folder, protocol, dataset=dataset, perception=kind,
                            lpips_weights=args.lpips_weights, runner=runner, nusc=nusc,
                            info_path=info)

@@ -48,14 +48,13 @@ def main(argv=None) -> int:
     from coredit_video.generation import generate, load_weights
     from coredit_video.training.checkpoint import list_checkpoints, checkpoint_dir
     from coredit_video.training.config import build_train_config
-    from coredit_video.training.hosts import build_host_bundle
+    from coredit_video.training.hosts import build_host_bundle, held_out_data
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     tcfg = build_train_config(cfg)
-    data = dict(tcfg.data, num_samples=args.num_samples, seed=int(tcfg.data.get("seed", 0)) + args.seed_offset)
-    bundle = build_host_bundle(tcfg.model, data, tcfg.seed)
+    bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, args.num_samples, args.seed_offset), tcfg.seed)
     ckpt = args.ckpt
     if ckpt == "auto":
         found = list_checkpoints(checkpoint_dir(tcfg.work_dir))
@@ -76,11 +75,9 @@ def main(argv=None) -> int:
     if args.guidance is not None:
         rflow = dataclasses.replace(rflow, cfg_scale=args.guidance)
     summary = generate(bundle, args.out, rflow, prune_cfg=tcfg.prune, plan=args.plan, gens=args.gens,
-                       seed=tcfg.seed, write_gt=not args.no_gt, codec=bundle.codec)
-    summary.update(checkpoint=ckpt, weights=weights, sampling_steps=rflow.num_sampling_steps,
-                   guidance=rflow.cfg_scale)
-    with open(os.path.join(args.out, "generation.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+                       seed=tcfg.seed, write_gt=not args.no_gt, codec=bundle.codec,
+                       meta=dict(checkpoint=ckpt, weights=weights, sampling_steps=rflow.num_sampling_steps,
+                                 guidance=rflow.cfg_scale))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -76,7 +76,8 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
     ``nusc`` is given (``NuScenes(version="v1.0-synthetic", dataroot=...)``), else the dataset's boxes."""
     from tqdm import tqdm
 
-    from ..perception import SyntheticPerception
+    from ..data import BEV_CHANNELS
+    from ..perception import SyntheticPerception, bev_iou
     from ..perception.base import Calibration, boxes_to_global
     from ..perception.evaluate import ground_truth_boxes
 
@@ -91,8 +92,7 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
         raise KeyError(f"{len(missing)} generated tokens are not in the dataset (e.g. {missing[:2]}); generate and "
                        "evaluate with the same data config and seed offset")
     ks = sorted({k for g in gens.values() for k in g if k >= 0})
-    det_results, inter, union = [], {}, {}
-    names = ("divider", "ped_crossing", "boundary")
+    det_results, bev_pred, bev_gt = [], [], []
     for k in ks:
         preds, gts, ego = {}, {}, {}
         for tok in tqdm(sorted(gens), desc=f"perception gen{k}", disable=not progress, file=sys.stderr):
@@ -111,11 +111,8 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
                 gts[stok] = boxes_to_global(ground_truth_boxes(item, f, min_pixels=16), pose)
                 ego[stok] = pose[:3, 3].tolist()
                 if f == 0:  # the dataset's BEV map is around the frame-0 ego
-                    gt_map = np.asarray(item["bev_map"]) > 0.5
-                    pm = np.asarray(out["bev_seg"], bool)
-                    for c, n in enumerate(names):
-                        inter[n] = inter.get(n, 0) + int((pm[c] & gt_map[c]).sum())
-                        union[n] = union.get(n, 0) + int((pm[c] | gt_map[c]).sum())
+                    bev_gt.append(np.asarray(item["bev_map"]) > 0.5)
+                    bev_pred.append(np.asarray(out["bev_seg"], bool))
         if nusc is not None:
             det_results.append(evaluate_detection(preds, sorted(preds), nusc=nusc, ego_translation=ego,
                                                   config=protocol.det_config))
@@ -123,7 +120,9 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
             det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
                                                   config=protocol.det_config))
     det = mean_detection(det_results) if len(det_results) > 1 else _summary(det_results[0])
-    iou = {n: (inter[n] / union[n] if union.get(n) else 0.0) for n in names}
+    # intersections and unions summed over all scored maps; a class empty in both scores 0 (as W-CODA)
+    per_channel = bev_iou(np.stack(bev_pred), np.stack(bev_gt))
+    iou = {n: float(np.nan_to_num(v)) for n, v in zip(BEV_CHANNELS, per_channel)}
     return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou,
                 mIoU=float(np.mean(list(iou.values()))), generations=len(ks))
 

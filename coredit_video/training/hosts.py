@@ -42,20 +42,32 @@ def builtin_spec(model, cond_tokens: int) -> ModelSpec:
                      cross_view_mode="concat", views=c.views, control_cross_view=False, x_control_embedder=False)
 
 
+def held_out_data(data_cfg: Dict, num_samples: int, seed_offset: int) -> Dict:
+    """The data config of held-out samples for generation and evaluation: the same world, ``seed + seed_offset``."""
+    return dict(data_cfg, num_samples=int(num_samples), seed=int(data_cfg.get("seed", 0)) + int(seed_offset))
+
+
+def synthetic_dataset(data_cfg: Dict):
+    """``(SyntheticDrivingDataset, codec settings)`` from a ``data`` config section (left unchanged)."""
+    from ..data import SyntheticDrivingDataset
+
+    data_cfg = dict(data_cfg)
+    codec_cfg = dict(data_cfg.pop("codec", {}) or {})
+    data_type = data_cfg.pop("type", "synthetic")
+    if data_type != "synthetic":
+        raise ValueError(f"data.type={data_type!r}: the built-in host trains on data.type='synthetic'")
+    return SyntheticDrivingDataset(**data_cfg), codec_cfg
+
+
 def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
-    from ..data import SyntheticDrivingDataset, collate
+    from ..data import collate
     from ..data.codec import ToyCodec
     from ..models import MultiViewSTDiT, host_config
 
     model_cfg = dict(model_cfg)
     model_cfg.pop("type", None)
     preset = model_cfg.pop("preset", "tiny")
-    codec_cfg = dict(data_cfg.pop("codec", {}) or {})
-    data_cfg = dict(data_cfg)
-    data_type = data_cfg.pop("type", "synthetic")
-    if data_type != "synthetic":
-        raise ValueError(f"data.type={data_type!r}: the built-in host trains on data.type='synthetic'")
-    dataset = SyntheticDrivingDataset(**data_cfg)
+    dataset, codec_cfg = synthetic_dataset(data_cfg)
     codec = ToyCodec(**codec_cfg)
     probe = dataset[0]
     cfg = host_config(preset, **model_cfg)
