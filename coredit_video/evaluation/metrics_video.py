@@ -51,8 +51,8 @@ def _nchw(x: torch.Tensor, channels_last: bool) -> Tuple[torch.Tensor, Tuple[int
 
 
 # ---------------------------------------------------------------------------------------------------- PSNR / SSIM
-def psnr(a: Array, b: Array, data_range: float, channels_last: bool = True) -> torch.Tensor:
-    """Per-image PSNR in dB, ``10 log10(data_range^2 / MSE)`` over H, W, C; ``inf`` for identical images."""
+def _image_pair(a: Array, b: Array, data_range: float, channels_last: bool):
+    """Checked float ``[N, C, H, W]`` views of two same-shaped image batches, and their leading shape."""
     if data_range is None or data_range <= 0:
         raise ValueError(f"data_range must be given and > 0, got {data_range!r}")
     x, y = _as_float(a), _as_float(b)
@@ -60,6 +60,12 @@ def psnr(a: Array, b: Array, data_range: float, channels_last: bool = True) -> t
         raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
     x, lead = _nchw(x, channels_last)
     y, _ = _nchw(y, channels_last)
+    return x, y, lead
+
+
+def psnr(a: Array, b: Array, data_range: float, channels_last: bool = True) -> torch.Tensor:
+    """Per-image PSNR in dB, ``10 log10(data_range^2 / MSE)`` over H, W, C; ``inf`` for identical images."""
+    x, y, lead = _image_pair(a, b, data_range, channels_last)
     mse = (x - y).pow(2).mean(dim=(1, 2, 3))
     out = 10.0 * torch.log10(float(data_range) ** 2 / mse)  # mse == 0 -> inf
     return out.reshape(lead)
@@ -81,13 +87,7 @@ def ssim(a: Array, b: Array, data_range: float, window: int = 11, sigma: float =
     sigma=1.5, use_sample_covariance=False)``, which also averages only pixels at least ``window // 2`` from the
     border.
     """
-    if data_range is None or data_range <= 0:
-        raise ValueError(f"data_range must be given and > 0, got {data_range!r}")
-    x, y = _as_float(a), _as_float(b)
-    if x.shape != y.shape:
-        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
-    x, lead = _nchw(x, channels_last)
-    y, _ = _nchw(y, channels_last)
+    x, y, lead = _image_pair(a, b, data_range, channels_last)
     N, C, H, W = x.shape
     if H < window or W < window:
         raise ValueError(f"images of {H}x{W} are smaller than the {window}x{window} SSIM window")
