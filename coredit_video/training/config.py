@@ -36,8 +36,11 @@ class OptimConfig:
     grad_clip: float = 1.0
     zero_stage: int = 2
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many optimizer steps
 
     def __post_init__(self):
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -58,6 +61,7 @@ class LoopConfig:
     grad_checkpoint: bool = False
     num_workers: int = 0
     cond_drop: float = 0.1  # probability of dropping a sample's conditions (classifier-free guidance)
+    init_from: Optional[str] = None  # weights to start from (a shipped host file or a checkpoint dir); not a resume
 
     def __post_init__(self):
         for k in ("steps", "micro_batch", "grad_accum", "ckpt_every", "log_every"):

@@ -17,7 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def deepspeed_config(micro_batch: int, lr: float, grad_accum: int = 1, zero_stage: int = 2,
                      precision: str = "fp32", betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                     grad_clip: Optional[float] = None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     grad_clip: Optional[float] = None, warmup_steps: int = 0, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The DeepSpeed JSON config for AdamW under ZeRO ``zero_stage``; ``extra`` is merged last."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -40,6 +40,10 @@ def deepspeed_config(micro_batch: int, lr: float, grad_accum: int = 1, zero_stag
         cfg["bf16"] = {"enabled": True}
     elif precision == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if warmup_steps > 0:
+        cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                           "warmup_num_steps": int(warmup_steps),
+                                                           "warmup_type": "linear"}}
     for k, v in (extra or {}).items():
         cfg[k] = v
     return cfg

@@ -128,7 +128,7 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     o = cfg.optim
     engine = build_engine(model, deepspeed_config(
         micro_batch=tc.micro_batch, lr=o.lr, grad_accum=tc.grad_accum, zero_stage=o.zero_stage, precision=o.precision,
-        betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip))
+        betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip, warmup_steps=o.warmup_steps))
     ema = EMA(model, tc.ema_decay)
     start_step = 0
     flops = FlopsMeter(bundle.spec, bundle.spec.views, ctrl.bands, cfg.prune.stride)
