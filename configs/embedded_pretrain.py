@@ -19,7 +19,7 @@ data = dict(
 )
 parallel = dict(sp_size=1)
 prune = dict(ratios=0.0, max_ratio=0.5, late_factor=0.25, late_steps=4, stride=3, bands=2)
-schedule = dict(delta_ratio=0.05, interval=3, max_ratio=0.5, target_ratio=0.0)
+schedule = dict(delta_ratio=0.05, interval=3, target_ratio=0.0)
 rflow = dict(num_sampling_steps=30, cfg_scale=2.0, use_timestep_transform=True, frame_rule="clamp")
 distill = dict(enabled=False)
 optim = dict(lr=1e-3, weight_decay=0.0, grad_clip=1.0, zero_stage=2, precision="fp32", warmup_steps=100)

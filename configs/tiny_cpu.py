@@ -23,7 +23,7 @@ prune = dict(
     stride=3,
     bands=2,
 )
-schedule = dict(delta_ratio=0.05, interval=3, max_ratio=0.5, target_ratio=0.26)
+schedule = dict(delta_ratio=0.05, interval=3, target_ratio=0.26)  # capped by prune.max_ratio
 rflow = dict(num_sampling_steps=30, cfg_scale=2.0, use_timestep_transform=True, frame_rule="clamp")
 distill = dict(enabled=True, alpha=0.5, beta=0.5)
 optim = dict(lr=2e-4, weight_decay=0.0, grad_clip=1.0, zero_stage=2, precision="fp32")

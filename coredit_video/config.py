@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
-from .ops.partition import as_pair
+from .ops.selection import check_ratio
+from .plan import GridSpec, Plan, parse_grids, read_plan
 
-GridSpec = Tuple[Tuple[int, int], Tuple[int, int]]
+_HIDDEN = ("grid_specs", "resolved_plan")
 
 
 @dataclass
@@ -16,10 +17,13 @@ class PruneConfig:
 
     adapter: registered host adapter name, or ``"auto"`` to pick the one that recognises the model.
     ratios: one ratio for every prunable block, or a list in plan order.
-    plan: path of a pruning plan JSON (``controller.save_plan``); overrides ``ratios``.
-    max_ratio: per-block cap (MagicDrive-V2 recipe 0.5).
+    plan: path of a pruning plan JSON (``controller.save_plan``); its ratios replace ``ratios``, and each
+        layout setting (``grids``, ``stride``, ``bands``, ``late_factor``, ``late_steps``) and ``max_ratio``
+        the config does not set is taken from the plan; one the config sets differently is an error.
+    max_ratio: per-block cap (MagicDrive-V2 recipe 0.5); the one cap, the progressive schedule follows it.
     late_factor: ``c``; the last ``late_steps`` denoising steps use ``c * r_l``.
-    grids: per-block ``((gh, gw), (sh, sw))`` grid and sub-grid, block ``l`` uses ``grids[l % len]``.
+    grids: per-block ``{"grid": (gh, gw), "subgrid": (sh, sw)}`` (or ``((gh, gw), (sh, sw))``); block ``l``
+        uses ``grids[l % len]``.
     stride: ``m`` of the m-stride retention; must not exceed any sub-grid side.
     bands: row bands per frame; ``None`` means the host's sequence-parallel size (1 without SP).
     blocks: which block groups of the host to prune (adapter's default when ``None``).
@@ -32,36 +36,52 @@ class PruneConfig:
     max_ratio: float = 0.5
     late_factor: float = 0.25
     late_steps: int = 4
-    grids: Sequence[Any] = ((8, 4), (6, 3))
+    grids: Sequence[Any] = ({"grid": (8, 8), "subgrid": (4, 4)}, {"grid": (6, 6), "subgrid": (3, 3)})
     stride: int = 3
     bands: Optional[int] = None
     blocks: Optional[List[str]] = None
     backend: str = "auto"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
+    resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, cfg: Any = None, **overrides) -> PruneConfig:
-        """From ``None``, a dict / mmengine ``ConfigDict`` or a ``PruneConfig``; validates everything."""
+        """From ``None``, a dict / mmengine ``ConfigDict`` or a ``PruneConfig``; validates everything and
+        resolves ``plan`` (see the class doc). A dict sets the keys it has; a ``PruneConfig`` the fields
+        that differ from the defaults."""
         if cfg is None:
             data = {}
         elif isinstance(cfg, PruneConfig):
-            data = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.name != "grid_specs"}
+            data = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                    if f.name not in _HIDDEN and getattr(cfg, f.name) != f.default}
         elif isinstance(cfg, dict):
             data = dict(cfg)
         else:
             raise TypeError(f"pruning config must be a dict or PruneConfig, got {type(cfg).__name__}")
         data.update(overrides)
-        valid = {f.name for f in dataclasses.fields(cls)} - {"grid_specs"}
+        valid = {f.name for f in dataclasses.fields(cls)} - set(_HIDDEN)
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ValueError(f"unknown pruning config key(s) {unknown}; valid keys are {sorted(valid)}")
-        out = cls(**data)
+        plan = read_plan(data["plan"]) if data.get("plan") else None
+        if plan is not None:
+            bad = plan.conflicts(data)
+            if bad:
+                raise ValueError(
+                    f"{plan.source} was made with another layout than the config sets ({'; '.join(bad)}): its ratios "
+                    "would select other tokens; drop these keys from the config (the plan's layout is then applied) "
+                    "or use a plan made with these settings"
+                )
+            data.update({k: v for k, v in plan.layout.items() if data.get(k) is None})
+            if plan.max_ratio is not None and "max_ratio" not in data:
+                data["max_ratio"] = plan.max_ratio
+            data["ratios"] = list(plan.ratios)
+        out = cls(**data, resolved_plan=plan)
         out.validate()
         return out
 
     def validate(self) -> None:
-        if not 0.0 <= self.max_ratio < 1.0:
-            raise ValueError(f"max_ratio must be in [0, 1), got {self.max_ratio}")
+        check_ratio(self.max_ratio, name="max_ratio")
         if not 0.0 <= self.late_factor <= 1.0:
             raise ValueError(f"late_factor (c) must be in [0, 1], got {self.late_factor}")
         if not isinstance(self.late_steps, int) or self.late_steps < 0:
@@ -70,30 +90,14 @@ class PruneConfig:
             raise ValueError(f"stride (m) must be an int >= 1, got {self.stride!r}")
         if self.bands is not None and (not isinstance(self.bands, int) or self.bands < 1):
             raise ValueError(f"bands must be None or an int >= 1, got {self.bands!r}")
-        if not self.grids:
-            raise ValueError("grids must list at least one (grid, subgrid) pair")
-        specs = []
-        for k, entry in enumerate(self.grids):
-            try:
-                grid, sub = entry
-            except (TypeError, ValueError):
-                raise ValueError(f"grids[{k}] must be a (grid, subgrid) pair, got {entry!r}") from None
-            g, s = as_pair(grid, f"grids[{k}] grid"), as_pair(sub, f"grids[{k}] subgrid")
-            if s[0] > g[0] or s[1] > g[1]:
-                raise ValueError(f"grids[{k}]: sub-grid {s} is larger than its grid {g}")
+        specs = parse_grids(self.grids)
+        for k, (_, s) in enumerate(specs):
             if self.stride > min(s):
                 raise ValueError(
                     f"stride m={self.stride} is larger than the sub-grid {s} of grids[{k}]; "
                     f"use stride <= {min(s)} so every sub-grid keeps a token"
                 )
-            specs.append((g, s))
         self.grid_specs = specs
-        for r in ([self.ratios] if isinstance(self.ratios, (int, float)) else list(self.ratios)):
-            check_ratio_cap(r, self.max_ratio)
-
-
-def check_ratio_cap(ratio: float, max_ratio: float) -> None:
-    if not 0.0 <= float(ratio) <= max_ratio + 1e-12:
-        raise ValueError(
-            f"pruning ratio {ratio} is outside [0, max_ratio={max_ratio}]; lower the ratio or raise max_ratio"
-        )
+        ratios = [self.ratios] if isinstance(self.ratios, (int, float)) else list(self.ratios)
+        for i, r in enumerate(ratios):
+            check_ratio(r, self.max_ratio, "ratios" if len(ratios) == 1 else f"ratios[{i}]")

@@ -2,9 +2,6 @@
 coherence statistics for the schedule, and pruning plans (JSON)."""
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -14,12 +11,13 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .attention import BlockLayout, pruned_self_attention
-from .config import PruneConfig, check_ratio_cap
+from .config import PruneConfig
 from .ops import band_budgets, redundancy_increment
+from .ops.selection import check_ratio
 from .parallel.seq_attention import sp_self_attention
+from .plan import PLAN_VERSION, Plan, grids_json, read_plan, write_plan
 
 PHASES = ("main", "late")
-PLAN_VERSION = 1
 
 
 def sp_size_of(group) -> int:
@@ -52,8 +50,8 @@ class PruningController:
         self.timestep: Optional[torch.Tensor] = None
         self._stats_delta: Optional[float] = None
         self._stats: Dict[int, List[float]] = {}
-        if cfg.plan:
-            self.load_plan(cfg.plan)
+        if cfg.resolved_plan is not None:
+            self._apply_plan(cfg.resolved_plan)
         else:
             self.set_ratios(cfg.ratios)
 
@@ -74,13 +72,10 @@ class PruningController:
         vals = [float(ratios)] * len(self) if isinstance(ratios, (int, float)) else [float(r) for r in ratios]
         if len(vals) != len(self):
             raise ValueError(f"got {len(vals)} ratios for {len(self)} prunable blocks ({self.names[:3]}...)")
-        for r in vals:
-            check_ratio_cap(r, self.cfg.max_ratio)
-        self._ratios = vals
+        self._ratios = [check_ratio(r, self.cfg.max_ratio, f"ratio of {n}") for r, n in zip(vals, self.names)]
 
     def set_ratio(self, ordinal: int, ratio: float) -> None:
-        check_ratio_cap(ratio, self.cfg.max_ratio)
-        self._ratios[ordinal] = float(ratio)
+        self._ratios[ordinal] = check_ratio(ratio, self.cfg.max_ratio, f"ratio of {self.names[ordinal]}")
 
     @property
     def mean_ratio(self) -> float:
@@ -209,40 +204,44 @@ class PruningController:
         )
 
     # ------------------------------------------------------------------ plans
+    def layout(self) -> dict:
+        """The settings a plan fixes (:data:`coredit_video.plan.LAYOUT_KEYS`), as this controller runs them."""
+        return {"grids": list(self.cfg.grid_specs), "stride": self.cfg.stride, "bands": self.bands,
+                "late_factor": self.cfg.late_factor, "late_steps": self.cfg.late_steps}
+
     def plan(self) -> dict:
+        lay = self.layout()
         return {
             "version": PLAN_VERSION,
             "blocks": list(self.names),
             "ratios": self.ratios,
             "mean_ratio": self.mean_ratio,
             "max_ratio": self.cfg.max_ratio,
-            "late_factor": self.cfg.late_factor,
-            "late_steps": self.cfg.late_steps,
-            "grids": [[list(g), list(s)] for g, s in self.cfg.grid_specs],
-            "stride": self.cfg.stride,
-            "bands": self.bands,
+            "late_factor": lay["late_factor"],
+            "late_steps": lay["late_steps"],
+            "grids": grids_json(lay["grids"]),
+            "stride": lay["stride"],
+            "bands": lay["bands"],
         }
 
     def save_plan(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.plan(), f, indent=2)
-        os.replace(tmp, path)
+        write_plan(path, self.plan())
 
     def load_plan(self, path_or_plan: Union[str, dict]) -> None:
-        if isinstance(path_or_plan, dict):
-            plan = path_or_plan
-        else:
-            if not os.path.isfile(path_or_plan):
-                raise FileNotFoundError(f"pruning plan {path_or_plan!r} not found; save one with save_plan()")
-            with open(path_or_plan) as f:
-                plan = json.load(f)
-        if plan.get("blocks") is not None and list(plan["blocks"]) != self.names:
+        """Set the ratios of a plan whose layout is this controller's; a plan made with another layout raises,
+        naming each setting (``cv.apply(model, {"plan": path})`` applies a plan with its layout)."""
+        self._apply_plan(read_plan(path_or_plan))
+
+    def _apply_plan(self, plan: Plan) -> None:
+        if plan.blocks is not None and plan.blocks != self.names:
             raise ValueError(
-                f"plan lists {len(plan['blocks'])} blocks that do not match this model's {len(self)} prunable "
+                f"{plan.source} lists {len(plan.blocks)} blocks that do not match this model's {len(self)} prunable "
                 "blocks in order; was it saved for another model or another block selection?"
             )
-        ratios = plan["ratios"]
-        if any(not math.isfinite(r) for r in ratios):
-            raise ValueError("plan holds a non-finite ratio")
-        self.set_ratios(ratios)
+        bad = plan.conflicts(self.layout())
+        if bad:
+            raise ValueError(
+                f"{plan.source} was made with another layout than this controller runs ({'; '.join(bad)}); apply it "
+                "with cv.apply(model, {'plan': path}) so the model takes the plan's layout"
+            )
+        self.set_ratios(plan.ratios)

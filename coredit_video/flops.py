@@ -81,12 +81,12 @@ Worked example: ``magicdrive-v2-xl``, 848x1600, 17 frames (T = 5), 6 views, r = 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .ops.selection import band_budgets
+from .ops.selection import band_budgets, check_ratio
+from .plan import Plan, read_plan
 
 __all__ = [
     "KINDS",
@@ -110,7 +110,6 @@ __all__ = [
     "temporal_self_attention_flops",
     "count_flops",
     "flops_saved_fraction",
-    "load_plan",
     "with_overrides",
 ]
 
@@ -305,7 +304,7 @@ def skip_budgets(
     non-forced tokens and at ``band_tokens - 1`` (the rule of
     ``coredit_video.ops.selection.band_budgets``, which it calls). ``stride=None`` models no forced tokens."""
     H, W = _check_frame(hw, bands)
-    _check_ratio(ratio, "ratio")
+    check_ratio(ratio, name="ratio")
     if stride is not None and (not _is_int(stride) or stride < 1):
         raise ValueError(f"stride (m) must be an int >= 1 or None, got {stride!r}")
     if stride is not None:
@@ -366,15 +365,6 @@ def temporal_self_attention_flops(n: int, T: int, C: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- validation
-def _check_ratio(r: Any, name: str) -> float:
-    if isinstance(r, bool) or not isinstance(r, (int, float)):
-        raise ValueError(f"{name} must be a number in [0, 1), got {r!r}")
-    r = float(r)
-    if not (0.0 <= r < 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1), got {r!r}")
-    return r
-
-
 def _check_frame(hw: Any, bands: Any) -> Tuple[int, int]:
     H, W = parse_hw(hw, "hw_tokens")
     if not _is_int(bands) or bands < 1:
@@ -392,11 +382,11 @@ def _ratio_list(ratios: Any, count: int) -> List[float]:
     if ratios is None:
         return [0.0] * count
     if isinstance(ratios, dict):
-        if "ratios" not in ratios:
-            raise ValueError("ratios: a plan dict must have the key 'ratios'")
-        ratios = ratios["ratios"]
+        ratios = read_plan(ratios)
+    if isinstance(ratios, Plan):
+        ratios = ratios.ratios
     if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
-        return [_check_ratio(ratios, "ratios")] * count
+        return [check_ratio(ratios, name="ratios")] * count
     if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__len__"):
         raise ValueError(f"ratios must be None, a number or a list of {count} numbers, got {ratios!r}")
     ratios = list(ratios)
@@ -405,20 +395,7 @@ def _ratio_list(ratios: Any, count: int) -> List[float]:
             f"ratios (the pruning plan) has length {len(ratios)}, expected {count} "
             "(base spatial blocks then control spatial blocks)"
         )
-    return [_check_ratio(r, f"ratios[{i}]") for i, r in enumerate(ratios)]
-
-
-def load_plan(path: str) -> List[float]:
-    """Ratios of a pruning-plan JSON file (``{"ratios": [...]}`` or a bare list)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if isinstance(data, dict):
-        if "ratios" not in data:
-            raise ValueError(f"plan {path!r} has no 'ratios' key (keys: {sorted(data)})")
-        data = data["ratios"]
-    if not isinstance(data, list):
-        raise ValueError(f"plan {path!r}: 'ratios' must be a list, got {type(data).__name__}")
-    return [_check_ratio(r, f"plan ratios[{i}]") for i, r in enumerate(data)]
+    return [check_ratio(r, name=f"ratios[{i}]") for i, r in enumerate(ratios)]
 
 
 # ---------------------------------------------------------------------------------------- count
@@ -444,8 +421,10 @@ def count_flops(
             ``latent_frames`` is given.
         views: camera views (default ``spec.views``).
         ratios: pruning ratio per prunable block (base spatial blocks ``0..depth-1`` then control
-            spatial blocks ``0..control_depth-1``), a float for a uniform plan, a plan dict with key
-            ``"ratios"``, or None (dense). Each in ``[0, 1)``.
+            spatial blocks ``0..control_depth-1``), a float for a uniform plan, a plan
+            (:func:`coredit_video.plan.read_plan`, or its dict), or None (dense). Each in ``[0, 1)``.
+            A plan's ``bands`` and ``stride`` are not taken from it here: pass them (``tools/flops.py
+            --plan`` does).
         bands: row bands per frame; budgets are ``floor(r * band_tokens)`` per band.
         hw_tokens: per-view token grid ``(H, W)`` of a latent frame, instead of ``resolution``.
         latent_frames: token frames ``T``, instead of ``frames``.

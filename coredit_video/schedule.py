@@ -3,7 +3,7 @@
 Each training step the controller records eq. 4's redundancy increment ``dR_l`` of every prunable
 block. Every ``interval`` steps the schedule averages them over the steps and over all ranks (one
 all-reduce of ``[sums, counts]``), picks the block with the largest average among those still
-below ``max_ratio`` (ties: lowest ordinal) and raises its ratio by ``delta_ratio``, until the mean
+below the cap ``prune.max_ratio`` (ties: lowest ordinal) and raises its ratio by ``delta_ratio``, until the mean
 ratio reaches ``target_ratio`` or every block is at the cap. Ratios, not token counts, so one
 schedule serves every resolution bucket.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -19,24 +19,44 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """Schedule settings; the per-block cap is ``prune.max_ratio`` (``PruneConfig.max_ratio``), passed to
+    :class:`ProgressiveSchedule` by whoever builds it from the controller."""
+
+    MOVED_KEYS: ClassVar[Dict[str, str]] = {"max_ratio": "prune.max_ratio"}  # keys that live elsewhere now
+
     delta_ratio: float = 0.02
     interval: int = 15
-    max_ratio: float = 0.5
     target_ratio: float = 0.26
     start_step: int = 0  # no decision before this many steps (warm-up with the dense model)
 
     def __post_init__(self):
-        if not 0 < self.delta_ratio <= self.max_ratio:
-            raise ValueError(f"schedule.delta_ratio must be in (0, max_ratio={self.max_ratio}], got {self.delta_ratio}")
+        if not 0 < self.delta_ratio < 1:
+            raise ValueError(f"schedule.delta_ratio must be in (0, 1), got {self.delta_ratio}")
         if not isinstance(self.interval, int) or self.interval < 1:
             raise ValueError(f"schedule.interval must be an int >= 1, got {self.interval!r}")
-        if not 0 <= self.max_ratio < 1:
-            raise ValueError(f"schedule.max_ratio must be in [0, 1), got {self.max_ratio}")
-        if not 0 <= self.target_ratio <= self.max_ratio:
-            raise ValueError(
-                f"schedule.target_ratio must be in [0, max_ratio={self.max_ratio}], got {self.target_ratio}")
+        if not 0 <= self.target_ratio < 1:
+            raise ValueError(f"schedule.target_ratio must be in [0, 1), got {self.target_ratio}")
         if not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"schedule.start_step must be an int >= 0, got {self.start_step!r}")
+
+    @classmethod
+    def build(cls, data: Optional[dict] = None) -> ScheduleConfig:
+        """From a config section dict; a key that moved (``max_ratio``) is named with its new place."""
+        data = dict(data or {})
+        for key, new in cls.MOVED_KEYS.items():
+            if key in data:
+                raise ValueError(f"schedule.{key} is gone: set the per-block cap once, as {new} (the schedule "
+                                 f"follows the controller's cap)")
+        return cls(**data)
+
+    def check_cap(self, max_ratio: float) -> None:
+        """``target_ratio`` and ``delta_ratio`` must fit under the cap ``prune.max_ratio``."""
+        if self.target_ratio > max_ratio + 1e-12:
+            raise ValueError(f"schedule.target_ratio={self.target_ratio} exceeds prune.max_ratio={max_ratio}; "
+                             "lower it or raise prune.max_ratio")
+        if self.delta_ratio > max_ratio + 1e-12:
+            raise ValueError(f"schedule.delta_ratio={self.delta_ratio} exceeds prune.max_ratio={max_ratio}; "
+                             "lower it or raise prune.max_ratio")
 
 
 @dataclass
@@ -66,10 +86,14 @@ def _snap(r: float, delta: float) -> float:
 
 
 class ProgressiveSchedule:
-    """Drives a :class:`~coredit_video.controller.PruningController`'s ratios during fine-tuning."""
+    """Drives a :class:`~coredit_video.controller.PruningController`'s ratios during fine-tuning, up to the
+    controller's cap ``max_ratio`` (``controller.cfg.max_ratio``)."""
 
-    def __init__(self, cfg: ScheduleConfig, names: Sequence[str], ratios: Optional[Sequence[float]] = None):
+    def __init__(self, cfg: ScheduleConfig, names: Sequence[str], ratios: Optional[Sequence[float]] = None, *,
+                 max_ratio: float):
+        cfg.check_cap(max_ratio)
         self.cfg = cfg
+        self.max_ratio = float(max_ratio)
         self.names = list(names)
         n = len(self.names)
         start = [0.0] * n if ratios is None else [float(r) for r in ratios]
@@ -88,7 +112,7 @@ class ProgressiveSchedule:
         return sum(self.state.ratios) / max(1, len(self.state.ratios))
 
     def _finished(self) -> bool:
-        cap = self.cfg.max_ratio
+        cap = self.max_ratio
         return self.mean_ratio >= self.cfg.target_ratio - 1e-9 or all(r >= cap - 1e-9 for r in self.state.ratios)
 
     # ------------------------------------------------------------------ per step
@@ -117,7 +141,7 @@ class ProgressiveSchedule:
         sums, counts = packed[:n], packed[n:]
         st.sums, st.counts = [0.0] * n, [0] * n
         mean = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, -math.inf))
-        cap = self.cfg.max_ratio
+        cap = self.max_ratio
         best, best_val = None, -math.inf
         for l in range(n):  # strict '>' keeps the lowest ordinal on ties
             if st.ratios[l] < cap - 1e-9 and mean[l].item() > best_val:

@@ -208,12 +208,15 @@ def test_bad_spec_and_preset_message():
 
 
 def test_load_plan(tmp_path):
+    from coredit_video.plan import read_plan
+
     p = tmp_path / "plan.json"
     p.write_text(json.dumps({"ratios": [0.25] * 41, "target_ratio": 0.26}))
-    assert F.load_plan(str(p)) == [0.25] * 41
+    assert read_plan(str(p)).ratios == [0.25] * 41
+    assert F.count_flops(XL, ratios=read_plan(str(p)))["inputs"]["ratios"] == [0.25] * 41
     p.write_text(json.dumps({"blocks": []}))
     with pytest.raises(ValueError, match="ratios"):
-        F.load_plan(str(p))
+        read_plan(str(p))
 
 
 # ------------------------------------------------------------------------------------------- CLI

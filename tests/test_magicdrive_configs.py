@@ -31,5 +31,6 @@ def test_recipe_config_resolves_against_the_checkout():
     cfg = Config.fromfile(os.path.join(REPO, "configs", "magicdrive_coredit.py"))
     assert cfg.scheduler.type == "coredit_rflow" and cfg.sp_size == 8 and cfg.plugin == "zero2-seq"
     assert cfg.model.force_pad_h_for_sp_size == 8 and list(cfg.model.simulate_sp_size) == [8]
-    assert cfg.scheduler.schedule.max_ratio == 0.5 and cfg.scheduler.schedule.target_ratio == 0.26
+    assert cfg.scheduler.prune.max_ratio == 0.5 and cfg.scheduler.schedule.target_ratio == 0.26
+    assert "max_ratio" not in cfg.scheduler.schedule  # one cap: prune.max_ratio
     assert cfg.scheduler.prune.late_steps == 4 and cfg.scheduler.num_sampling_steps == 30

@@ -56,7 +56,7 @@ def rf(md):  # noqa: F811
 def coredit(rf, state_dir, ratios=0.0, schedule=None, **over):
     cfg = dict(type="coredit_rflow", **HOST_SCHED,
                prune=dict(CFG, ratios=ratios, late_steps=LATE_STEPS, late_factor=0.5, max_ratio=0.5),
-               schedule=dict(delta_ratio=0.1, interval=1, max_ratio=0.5, target_ratio=0.4, **(schedule or {})),
+               schedule=dict(delta_ratio=0.1, interval=1, target_ratio=0.4, **(schedule or {})),
                state_dir=str(state_dir))
     cfg.update(over)
     return rf.build_module(cfg, rf.SCHEDULERS)

@@ -23,7 +23,7 @@ def run(schedule, per_step, steps):
 
 
 def test_picks_most_redundant_block_each_interval():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=3, max_ratio=0.5, target_ratio=0.5), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=3, target_ratio=0.5), NAMES, max_ratio=0.5)
     d = run(s, [0.1, 0.9, 0.5, 0.2], 3)
     assert [x.block for x in d] == [1] and s.ratios == [0.0, 0.1, 0.0, 0.0]
     assert d[0].step == 3 and d[0].mean_ratio == pytest.approx(0.025)
@@ -32,7 +32,7 @@ def test_picks_most_redundant_block_each_interval():
 
 
 def test_average_over_steps_not_last_value():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=2, target_ratio=0.5), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=2, target_ratio=0.5), NAMES, max_ratio=0.5)
     s.observe([1.0, 0.0, 0.0, 0.0])
     s.step()
     s.observe([0.0, 0.8, 0.0, 0.0])  # block 1 has the larger last value, block 0 the larger mean
@@ -41,7 +41,7 @@ def test_average_over_steps_not_last_value():
 
 
 def test_cap_respected_and_capped_blocks_skipped():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.2, interval=1, max_ratio=0.5, target_ratio=0.5), NAMES[:2])
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.2, interval=1, target_ratio=0.5), NAMES[:2], max_ratio=0.5)
     d = run(s, [1.0, 0.1], 4)
     assert [x.block for x in d] == [0, 0, 0, 1]  # 0.2, 0.4, 0.5 (capped), then block 1
     assert s.ratios == [0.5, 0.2]
@@ -49,19 +49,19 @@ def test_cap_respected_and_capped_blocks_skipped():
 
 
 def test_stops_at_target_mean_ratio():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=1, max_ratio=0.5, target_ratio=0.1), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=1, target_ratio=0.1), NAMES, max_ratio=0.5)
     run(s, [0.4, 0.3, 0.2, 0.1], 50)
     assert s.state.done and s.mean_ratio == pytest.approx(0.1)
     assert len(s.state.history) == 8
 
 
 def test_ties_go_to_lowest_ordinal():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
     assert run(s, [0.3, 0.7, 0.7, 0.7], 1)[0].block == 1
 
 
 def test_blocks_without_statistics_are_not_picked():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
     assert run(s, [None, 0.2, None, 0.1], 1)[0].block == 1
 
 
@@ -73,23 +73,23 @@ def test_all_reduce_hook_sees_sums_and_counts():
         t[:4] += torch.tensor([0.0, 0.0, 5.0, 0.0], dtype=t.dtype)
         t[4:] += 1
 
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
     s.observe([1.0, 2.0, 0.0, 0.0])
     d = s.step(all_reduce=fake_all_reduce)
     assert seen[0].tolist() == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and d.block == 2
 
 
 def test_state_dict_round_trip():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=2, target_ratio=0.3), NAMES)
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=2, target_ratio=0.3), NAMES, max_ratio=0.5)
     run(s, [0.1, 0.2, 0.3, 0.4], 5)
-    s2 = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=2, target_ratio=0.3), NAMES)
+    s2 = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.05, interval=2, target_ratio=0.3), NAMES, max_ratio=0.5)
     s2.load_state_dict(s.state_dict())
     assert run(s, [0.4, 0.3, 0.2, 0.1], 7) == run(s2, [0.4, 0.3, 0.2, 0.1], 7)
     assert s.state_dict() == s2.state_dict()
 
 
 def test_ratios_stay_on_the_delta_lattice():
-    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.02, interval=1, max_ratio=0.5, target_ratio=0.5), NAMES[:1])
+    s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.02, interval=1, target_ratio=0.5), NAMES[:1], max_ratio=0.5)
     run(s, [1.0], 25)
     assert s.ratios == [0.5]
 
@@ -152,7 +152,9 @@ BASE = dict(work_dir="w", model=dict(type="builtin"), data=dict(type="synthetic"
     (dict(optim=dict(precision="fp8")), "optim.precision"),
     (dict(parallel=dict(sp_size=0)), "parallel.sp_size"),
     (dict(prune=dict(max_ratio=1.5)), "prune"),
-    (dict(prune=dict(max_ratio=0.3), schedule=dict(max_ratio=0.5, target_ratio=0.2)), "schedule.max_ratio"),
+    (dict(prune=dict(max_ratio=0.3), schedule=dict(target_ratio=0.4)), "prune.max_ratio"),
+    (dict(schedule=dict(max_ratio=0.5, target_ratio=0.2)), "schedule.max_ratio is gone: set the per-block cap once, "
+                                                         "as prune.max_ratio"),
     (dict(epochs=3), "epochs"),
 ])
 def test_bad_config_values_name_the_key(bad, key):

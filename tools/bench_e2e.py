@@ -37,7 +37,8 @@ import torch  # noqa: E402
 
 import coredit_video as cv  # noqa: E402
 from coredit_video import kernels  # noqa: E402
-from coredit_video.flops import PRESETS, count_flops, load_plan, parse_hw  # noqa: E402
+from coredit_video.flops import PRESETS, count_flops, parse_hw  # noqa: E402
+from coredit_video.plan import read_plan  # noqa: E402
 from coredit_video.models import MultiViewSTDiT, host_config  # noqa: E402
 
 
@@ -67,11 +68,13 @@ def build(args, device, dtype):
 
 def plan_of(args, n_blocks: int):
     if args.plan:
-        return load_plan(args.plan)
+        return read_plan(args.plan).ratios
     return [args.ratio] * n_blocks
 
 
 def prune_cfg(args, plan):
+    if args.plan:  # the plan with its whole layout (grids, stride, bands, late steps)
+        return {"plan": args.plan}
     return {"ratios": plan, "max_ratio": max(0.5, max(plan))}
 
 

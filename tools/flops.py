@@ -17,11 +17,10 @@ import json
 import os
 import sys
 
-try:
-    from coredit_video import flops as F
-except ImportError:  # run from a checkout without installation
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from coredit_video import flops as F
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package
+
+from coredit_video import flops as F  # noqa: E402
+from coredit_video.plan import read_plan  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video frames (default %(default)s -> 1 + (F-1)//4 latent frames)")
     frames.add_argument("--latent-frames", type=int, default=None, help="latent (token) frames T")
     p.add_argument("--views", type=int, default=None, help="camera views (default: the preset's)")
-    p.add_argument("--bands", type=int, default=1, help="row bands per frame (default %(default)s)")
+    p.add_argument("--bands", type=int, default=None, help="row bands per frame (default: the plan's, else 1)")
     p.add_argument("--pad-h-to-bands", action="store_true",
                    help="pad the token height up to a multiple of --bands (MagicDrive-V2 SP padding)")
-    p.add_argument("--stride", type=int, default=3, help="m-stride retention m (0: no forced tokens)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="m-stride retention m (0: no forced tokens; default: the plan's, else 3)")
     plan = p.add_mutually_exclusive_group()
     plan.add_argument("--ratio", type=float, default=None, help="uniform pruning ratio in [0, 1)")
-    plan.add_argument("--plan", default=None, help='pruning plan JSON with key "ratios" (one per block)')
+    plan.add_argument("--plan", default=None, help="pruning plan JSON (controller.save_plan); its bands and stride "
+                                                   "apply unless given, and must agree when given")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
     return p
@@ -88,18 +89,28 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        ratios = F.load_plan(args.plan) if args.plan else args.ratio
+        ratios, bands, stride = args.ratio, args.bands, args.stride
+        if args.plan:
+            ratios = read_plan(args.plan)
+            bad = ratios.conflicts({"bands": bands, "stride": stride})
+            if bad:
+                raise ValueError(f"{ratios.source} disagrees with the command line ({'; '.join(bad)}); "
+                                 "drop --bands / --stride to count with the plan's")
+            bands = ratios.layout.get("bands", 1) if bands is None else bands
+            stride = ratios.layout.get("stride", 3) if stride is None else stride
+        bands = 1 if bands is None else bands
+        stride = 3 if stride is None else stride
         res = F.count_flops(
             args.preset,
             resolution=None if args.hw_tokens else args.resolution,
             frames=args.frames,
             views=args.views,
             ratios=ratios,
-            bands=args.bands,
+            bands=bands,
             hw_tokens=args.hw_tokens,
             latent_frames=args.latent_frames,
             pad_h_to_bands=args.pad_h_to_bands,
-            stride=args.stride if args.stride else None,
+            stride=stride if stride else None,
         )
     except (ValueError, OSError) as e:
         parser.error(str(e))

@@ -92,7 +92,7 @@ def register(force: bool = True):
                      **kwargs):
             super().__init__(**kwargs)
             self.prune_cfg = PruneConfig.build(prune or {})
-            self.schedule_cfg = ScheduleConfig(**(schedule or {}))
+            self.schedule_cfg = ScheduleConfig.build(schedule)
             self.distill_cfg = DistillConfig(**(distill or {}))
             self.train_schedule = train_schedule
             self.state_dir = state_dir or os.environ.get("COREDIT_STATE_DIR", "coredit_state")
@@ -117,7 +117,8 @@ def register(force: bool = True):
                 ctrl = apply_pruning(net, self.prune_cfg)
             if self.controller is not ctrl:
                 self.controller = ctrl
-                self.schedule = ProgressiveSchedule(self.schedule_cfg, ctrl.names, ctrl.ratios)
+                self.schedule = ProgressiveSchedule(self.schedule_cfg, ctrl.names, ctrl.ratios,
+                                                    max_ratio=ctrl.cfg.max_ratio)
                 path = os.path.join(self.state_dir, "schedule_state.json")
                 if os.path.isfile(path):
                     with open(path) as f:

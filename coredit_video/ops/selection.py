@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+import numbers
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -22,9 +23,17 @@ def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1
     return [min(k, f, band_tokens - 1) for f in free]
 
 
-def check_ratio(ratio: float) -> None:
-    if not (0.0 <= float(ratio) < 1.0):
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio!r}; lower the ratio")
+def check_ratio(ratio, max_ratio: Optional[float] = None, name: str = "pruning ratio") -> float:
+    """The one ratio check (ops, config, controller, plans, FLOPs): a real number in ``[0, 1)`` and, with a
+    cap, at most ``max_ratio`` (``prune.max_ratio``). Returns it as a float."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1), got {ratio!r}")
+    r = float(ratio)
+    if not 0.0 <= r < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1), got {ratio!r}; lower the ratio")
+    if max_ratio is not None and r > max_ratio + 1e-12:
+        raise ValueError(f"{name} {r} exceeds max_ratio={max_ratio}; lower the ratio or raise prune.max_ratio")
+    return r
 
 
 def select_tokens(

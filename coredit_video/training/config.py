@@ -99,13 +99,13 @@ def _section(name: str, cls, data: Any):
     if not isinstance(data, dict):
         raise ValueError(f"config section {name!r} must be a dict, got {type(data).__name__}")
     valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - valid)
+    unknown = sorted(set(data) - valid - set(getattr(cls, "MOVED_KEYS", ())))
     if unknown:
         raise ValueError(f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; valid keys in {name!r}: "
                          f"{sorted(valid)}")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        return cls.build(kwargs) if hasattr(cls, "build") else cls(**kwargs)
     except (TypeError, ValueError) as e:
         key = next((k for k in data if k in str(e)), None)
         where = f"{name}.{key}" if key else name
@@ -132,9 +132,7 @@ def build_train_config(cfg: Any) -> TrainConfig:
     except (TypeError, ValueError) as e:
         raise ValueError(f"bad value in config 'prune': {e}") from None
     sched, pr = out["schedule"], out["prune"]
-    if sched.max_ratio > pr.max_ratio:
-        raise ValueError(f"schedule.max_ratio={sched.max_ratio} exceeds prune.max_ratio={pr.max_ratio}; "
-                         "lower it or raise prune.max_ratio")
+    sched.check_cap(pr.max_ratio)
     if out["rflow"].num_sampling_steps < pr.late_steps:
         raise ValueError(f"rflow.num_sampling_steps={out['rflow'].num_sampling_steps} is below "
                          f"prune.late_steps={pr.late_steps}")

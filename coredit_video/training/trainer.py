@@ -122,7 +122,7 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     if cfg.distill.enabled:  # a frozen dense copy, made before pruning is applied
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     ctrl = apply_pruning(model, cfg.prune)
-    schedule = ProgressiveSchedule(cfg.schedule, ctrl.names, ctrl.ratios)
+    schedule = ProgressiveSchedule(cfg.schedule, ctrl.names, ctrl.ratios, max_ratio=ctrl.cfg.max_ratio)
     ctrl.set_ratios(schedule.ratios)
     model.train()
     o = cfg.optim
