@@ -25,9 +25,21 @@ def sp_size_of(group) -> int:
     return dist.get_world_size(group) if group is not None else 1
 
 
+class _Hook:
+    """What the host holds for each adapter hook: forwards to the controller's current hook ``index``. Picklable
+    and copyable, so a copied model's hooks reach the copied controller (which rebinds them, :meth:`hook`)."""
+
+    def __init__(self, controller: PruningController, index: int):
+        self.controller, self.index = controller, index
+
+    def __call__(self, *args, **kwargs):
+        return self.controller.hook(self.index)(*args, **kwargs)
+
+
 class PruningController:
     def __init__(self, model: nn.Module, cfg: PruneConfig, adapter, blocks: List[Tuple[str, nn.Module]],
                  bands: int):
+        self.model = model
         self.cfg = cfg
         self.adapter = adapter
         self.bands = bands
@@ -41,13 +53,13 @@ class PruningController:
         self.enabled = True
         self.sp_group = None  # set by apply() from the adapter
         self.handles: list = []
+        self._hook_fns: Optional[list] = None  # the adapter's hooks on self.model (None: not bound yet)
         self.hw: Optional[Tuple[int, int]] = None
         # recompute safety: (phase, hw) as seen by each forward, keyed by a tensor every block receives
         self._contexts: OrderedDict[int, Tuple[str, Tuple[int, int]]] = OrderedDict()
         self._fresh: set = set()
         self._expect_new = True
         self._active: Optional[Tuple[str, Tuple[int, int]]] = None
-        self.timestep: Optional[torch.Tensor] = None
         self._stats_delta: Optional[float] = None
         self._stats: Dict[int, List[float]] = {}
         if cfg.resolved_plan is not None:
@@ -58,6 +70,41 @@ class PruningController:
     @property
     def sp_group_size(self) -> int:
         return sp_size_of(self.sp_group)
+
+    # ------------------------------------------------------------------ hooks, copies and pickles
+    def bind_hooks(self) -> None:
+        """Attach the adapter's hooks to ``self.model``; the host holds a :class:`_Hook` in place of each."""
+        self.handles = self.adapter.attach(self.model, self)
+        fns = []
+        for i, handle in enumerate(self.handles):
+            hooks = handle.hooks_dict_ref()
+            fns.append(hooks[handle.id])
+            hooks[handle.id] = _Hook(self, i)
+        self._hook_fns = fns
+
+    def hook(self, index: int):
+        """Adapter hook ``index``, bound to this controller's model (rebound once after a copy or a load)."""
+        if self._hook_fns is None:
+            self._rebind()
+        return self._hook_fns[index]
+
+    def _rebind(self) -> None:
+        # A deep copy / unpickled model holds copies of the _Hook proxies: take the adapter's hooks for this model
+        # and this controller, and leave the proxies where they are (same order, same flags).
+        fns = []
+        for handle in self.adapter.attach(self.model, self):
+            fns.append(handle.hooks_dict_ref()[handle.id])
+            handle.remove()
+        if len(fns) != len(self.handles):
+            raise RuntimeError(f"the adapter attached {len(fns)} hooks to the copied model, the original had "
+                               f"{len(self.handles)}; re-apply pruning on the copy: cv.apply(copy, cv.get_controller"
+                               "(original).cfg)")
+        self._hook_fns = fns
+        self.sp_group = self.adapter.sp_group(self.model)
+
+    def __getstate__(self) -> dict:
+        # hooks are closures and process groups belong to a process: both are rebound on first use
+        return dict(self.__dict__, _hook_fns=None, sp_group=None)
 
     # ------------------------------------------------------------------ ratios
     def __len__(self) -> int:
@@ -101,10 +148,9 @@ class PruningController:
         self.set_phase("late" if step_index >= num_steps - self.cfg.late_steps else "main")
         return self.phase
 
-    def set_frame(self, hw: Tuple[int, int], timestep: Optional[torch.Tensor] = None, batch: Optional[int] = None):
-        """Adapter hook: the padded token grid ``(H, W)`` of this forward's frames (and its timestep)."""
+    def set_frame(self, hw: Tuple[int, int]) -> None:
+        """Adapter hook: the padded token grid ``(H, W)`` of this forward's frames."""
         self.hw = self._check_hw(hw)
-        self.timestep = timestep
         self._fresh, self._expect_new, self._active = set(), True, None
 
     def _check_hw(self, hw) -> Tuple[int, int]:
@@ -169,6 +215,8 @@ class PruningController:
     # ------------------------------------------------------------------ the patched forward
     def run_block(self, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Pruned self-attention for block ``ordinal`` on ``x [frames, tokens, C]``."""
+        if self._hook_fns is None:  # a copy whose host hooks have not run yet: take this process's SP group
+            self._rebind()
         phase, hw = self._active if self._active is not None else (self.phase, self.hw)
         if hw is None:
             raise RuntimeError(

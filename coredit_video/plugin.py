@@ -1,12 +1,16 @@
 """``apply(model, cfg) -> controller`` and ``remove(model)``: explicit, idempotent, undoable patches.
 
 Each prunable attention module gets an instance-level ``forward`` override and a plain-Python
-``_coredit`` attribute; nothing is registered as a parameter or buffer, so the host's
-state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
+``_coredit`` attribute (the same :class:`_BlockPatch`); nothing is registered as a parameter or
+buffer, so the host's state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
+
+A patched model survives ``copy.deepcopy`` and ``torch.save`` / ``torch.load``: the patches and the
+hooks the model holds are small picklable objects that reach the controller, and a copied controller
+rebinds itself to its own model (adapter hooks, SP group) on first use. An EMA copied after ``apply``
+therefore prunes with its own controller (``get_controller(ema)``), with its own ratios and phase.
 """
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -20,15 +24,16 @@ from .registry import find_adapter
 _CONTROLLER_ATTR = "_coredit_controller"
 
 
-@dataclass
+@dataclass(eq=False)
 class _BlockPatch:
+    """The instance-level ``forward`` of one prunable attention: ``x [frames, tokens, C]`` -> same shape."""
+
     controller: PruningController
     ordinal: int
+    attn: nn.Module
 
-
-def _patched_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    patch = self.__dict__["_coredit"]
-    return patch.controller.run_block(patch.ordinal, self, x)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.controller.run_block(self.ordinal, self.attn, x)
 
 
 def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
@@ -56,9 +61,8 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
     for ordinal, (_, attn) in enumerate(blocks):
-        attn.__dict__["_coredit"] = _BlockPatch(controller, ordinal)
-        attn.forward = types.MethodType(_patched_forward, attn)
-    controller.handles = adapter.attach(model, controller)
+        attn.__dict__["_coredit"] = attn.__dict__["forward"] = _BlockPatch(controller, ordinal, attn)
+    controller.bind_hooks()
     model.__dict__[_CONTROLLER_ATTR] = controller
     return controller
 

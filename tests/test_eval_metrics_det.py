@@ -176,21 +176,6 @@ def test_devkit_empty_predictions_and_range_filter():
         evaluate_detection({"s1": []})
 
 
-def test_pooled_generations():
-    from coredit_video.evaluation.metrics_det import pool_generations
-
-    gt = _gt_set()
-    perfect, empty = _perfect(gt), {"s1": [], "s2": []}
-    preds, gts, ego, tokens = pool_generations([perfect, empty], gt, EGO)
-    assert len(tokens) == 4 and set(gts) == set(tokens) and ego["s1#gen1"] == EGO["s1"]
-    assert all(b["sample_token"] == "s2#gen0" for b in preds["s2#gen0"])
-    pooled = average_precision(preds, gts)["mAP"]
-    assert 0.0 < pooled < 1.0  # half the pooled ground truth is never found
-    if HAS_DEVKIT:
-        r = evaluate_detection(preds, tokens, gt=gts, ego_translation=ego)
-        assert r.mAP == pytest.approx(pooled, abs=1e-9)
-
-
 def test_devkit_missing_is_explained(monkeypatch):
     import sys
 

@@ -37,7 +37,6 @@ def test_w_coda_defaults():
     assert p.padding_rows() == (0, 52)  # 848x1600 -> 52 padded rows at the top
     assert p.padding_rows((424, 800)) == (0, 52)
     assert p.padding_rows((900, 1600)) == (0, 0)
-    assert p.bev_shape == (200, 400)
     assert p.fvd_padded_rows_in_crop() == 0
     assert p.cameras[1] == "CAM_FRONT"
     q = EvalProtocol.from_dict(p.to_dict())
@@ -48,19 +47,14 @@ def test_w_coda_defaults():
 @pytest.mark.parametrize("key,value", [
     ("target_hw", (0, 10)), ("resize_mode", "crop"), ("pad_side", "left"), ("pad_value", 300),
     ("key_frames", (6, 0)), ("key_frames", ()), ("cameras", ("CAM_FRONT", "CAM_FRONT")), ("num_generations", 0),
-    ("bev_resolution", -1.0), ("bev_x_range", (30.0, -30.0)), ("ssim_window", 10), ("fvd_crop_hw", (224, 400)),
-    ("fvd_crop_hw", (300, 400)), ("generation_hw", (1000, 1600)), ("miou_mode", "soft"),
+    ("miou_classes", ("divider", "divider")), ("ssim_window", 10), ("fvd_crop_hw", (224, 400)),
+    ("fvd_crop_hw", (300, 400)), ("generation_hw", (1000, 1600)),
 ])
 def test_protocol_errors_name_the_key(key, value):
     with pytest.raises(ProtocolError) as e:
         w_coda(**{key: value})
     assert e.value.key == key
     assert f"EvalProtocol.{key}" in str(e.value)
-
-
-def test_grid_must_be_whole_cells():
-    with pytest.raises(ProtocolError, match="whole number"):
-        w_coda(bev_resolution=0.7)
 
 
 def test_unknown_key():

@@ -8,9 +8,11 @@ import torch
 from coredit_video.data import CLASS_NAMES, SyntheticDrivingDataset
 from coredit_video.data.classes import CLASS_SIZES
 from coredit_video.data.geometry import quaternion_to_matrix
-from coredit_video.perception import (Calibration, SyntheticPerception, bev_iou, boxes_to_global, center_distance_ap,
-                                      evaluate_perception, frames_from_video, gaussian_blur, gaussian_noise,
-                                      ground_truth_boxes, shift)
+from coredit_video.evaluation.metrics_bev import bev_iou
+from coredit_video.evaluation.metrics_det import center_distance_ap
+from coredit_video.evaluation.pipeline import evaluate_perception
+from coredit_video.perception import (Calibration, SyntheticPerception, boxes_to_global, frames_from_video,
+                                      gaussian_blur, gaussian_noise, ground_truth_boxes, shift)
 from coredit_video.perception.fitting import fit_box, make_view
 from coredit_video.perception.segmentation import classify_ground, classify_objects, connected_components
 
@@ -103,7 +105,8 @@ def test_center_distance_ap_definition():
     worse = center_distance_ap([preds(0.0)[0] + [dict(fp, detection_score=1.0)], preds(0.0)[1]], gts)
     same = center_distance_ap([preds(0.0)[0] + [dict(fp, detection_score=0.1)], preds(0.0)[1]], gts)
     assert worse["mAP"] < 0.9 < 0.99 < same["mAP"]
-    assert np.allclose(bev_iou(np.ones((3, 4, 4), bool), np.eye(4, dtype=bool)[None].repeat(3, 0)), 0.25)
+    iou = bev_iou(np.ones((3, 4, 4), bool), np.eye(4, dtype=bool)[None].repeat(3, 0), mode="multilabel")
+    assert np.allclose([iou[c] for c in ("divider", "ped_crossing", "boundary")], 0.25)
 
 
 def test_predict_output_and_frame_conversions():

@@ -14,7 +14,7 @@ class HostAdapter:
       plan order; each module has MagicDrive-V2's ``qkv``/``q_norm``/``k_norm``/``proj`` layout and
       receives ``[frames, tokens, C]``.
     - ``attach(model, controller)``: hooks that tell the controller each forward's padded token
-      grid (``controller.set_frame((H, W))``) and timestep; returns removable handles.
+      grid (``controller.set_frame((H, W))``); returns removable handles.
     - ``sp_group(model)``: the host's sequence-parallel process group, or ``None``.
     """
 

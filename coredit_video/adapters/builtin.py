@@ -17,8 +17,7 @@ class BuiltinHostAdapter(HostAdapter):
     def attach(self, model, controller) -> list:
         def learn_frame(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
-            t = args[1] if len(args) > 1 else kwargs.get("timestep")
-            controller.set_frame(module.token_grid(x), timestep=t, batch=x.shape[0])
+            controller.set_frame(module.token_grid(x))
 
         def enter_block(module, args, kwargs):  # blk(x, cond, t_mod, T, S, NC): t_mod keys the forward
             controller.enter_block(args[2] if len(args) > 2 else kwargs["t_mod"])

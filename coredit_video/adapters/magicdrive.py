@@ -87,14 +87,12 @@ class MagicDriveV2Adapter(HostAdapter):
         # place where both W (from x) and this forward's padded H (from S) are known. Any other block (later
         # in the same forward, or a gradient-checkpoint recompute of an older one) finds its forward's frame,
         # phase and width in the controller by its t_mlp.
-        state = {"W": None, "timestep": None, "new": False}
+        state = {"W": None, "new": False}
 
         def learn_width(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
             state["W"] = math.ceil(x.shape[-1] / module.patch_size[2])
-            state["timestep"] = args[1] if len(args) > 1 else kwargs.get("timestep")
             state["new"] = True
-            controller.timestep = state["timestep"]
 
         def enter_block(module, args, kwargs):
             t_mlp = args[2] if len(args) > 2 else kwargs["t"]
@@ -103,7 +101,7 @@ class MagicDriveV2Adapter(HostAdapter):
                 state["new"] = False
                 W = state["W"]
                 H = _rows(int(S), W, controller)
-                controller.set_frame((H, W), timestep=state["timestep"])
+                controller.set_frame((H, W))
             else:
                 frame = controller.frame_of(t_mlp)
                 if frame is None:

@@ -194,6 +194,28 @@ def average_precision(pred: Predictions, gt: Predictions,
     return {"ap": ap, "class_ap": class_ap, "mAP": float(np.mean(list(class_ap.values()))) if class_ap else 0.0}
 
 
+def center_distance_ap(predictions: Sequence[List[BoxDict]], ground_truths: Sequence[List[BoxDict]],
+                       thresholds: Sequence[float] = DEFAULT_DIST_THRESHOLDS,
+                       classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """:func:`average_precision` over per-frame box lists, for scoring the built-in perception.
+
+    ``predictions[f]`` / ``ground_truths[f]``: the boxes of frame ``f`` as dicts with ``translation``,
+    ``detection_name`` and, for predictions, ``detection_score``; both in the same frame. Returns
+    ``{"mAP", "ap": {class: {threshold: AP}}, "num_gt": {class: n}}``; a class without ground truth has AP nan
+    and is left out of the mean.
+    """
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} prediction frames vs {len(ground_truths)} ground-truth frames")
+    token = "{:08d}".format
+    pred = {token(f): list(boxes) for f, boxes in enumerate(predictions)}
+    gt = {token(f): list(boxes) for f, boxes in enumerate(ground_truths)}
+    res = average_precision(pred, gt, thresholds, classes)
+    num_gt = {c: sum(1 for f in ground_truths for g in f if g["detection_name"] == c) for c in res["ap"]}
+    ap = {c: {float(th): (v if num_gt[c] else float("nan")) for th, v in per.items()} for c, per in res["ap"].items()}
+    vals = [v for c in ap for v in ap[c].values() if not np.isnan(v)]
+    return {"mAP": float(np.mean(vals)) if vals else float("nan"), "ap": ap, "num_gt": num_gt}
+
+
 # ---------------------------------------------------------------------------------------------------- devkit
 @dataclass
 class DetectionResult:
@@ -336,28 +358,3 @@ def mean_detection(results: Sequence[DetectionResult]) -> Dict[str, Any]:
         "per_generation": [{"mAP": r.mAP, "NDS": r.NDS} for r in results],
     }
 
-
-def pool_generations(per_generation: Sequence[Predictions], gt: Predictions,
-                     ego_translation: Optional[Mapping[str, Sequence[float]]] = None):
-    """``aggregate_generations="pooled"``: one evaluation over all generations, each generation's copy of a sample
-    scored as its own sample (``{token}#gen{k}``) against the same ground truth.
-
-    Returns ``(predictions, gt, ego_translation, sample_tokens)`` for :func:`evaluate_detection` (ground truth as
-    box dicts; get them from the database first if needed).
-    """
-    gg = _group(gt)
-    preds: Dict[str, List[Dict[str, Any]]] = {}
-    gts: Dict[str, List[BoxDict]] = {}
-    ego: Dict[str, Sequence[float]] = {}
-    tokens: List[str] = []
-    for k, pg in enumerate(per_generation):
-        for tok, boxes in _group(pg).items():
-            key = f"{tok}#gen{k}"
-            preds[key] = [dict(b, sample_token=key) for b in boxes]
-        for tok in gg:
-            key = f"{tok}#gen{k}"
-            tokens.append(key)
-            gts[key] = gg[tok]
-            if ego_translation is not None and tok in ego_translation:
-                ego[key] = ego_translation[tok]
-    return preds, gts, (ego if ego_translation is not None else None), tokens

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .metrics_det import evaluate_detection, mean_detection
+from .metrics_bev import BEVIoU, mean_iou_summaries
+from .metrics_det import DEFAULT_DIST_THRESHOLDS, center_distance_ap, evaluate_detection, mean_detection
 from .metrics_video import MetricSkipped, compare_video_sets
 from .protocol import EvalProtocol
 from .report import MethodResult
-from .video_io import find_clips, read_video
+from .video_io import find_clips, find_gt_clips, read_video
 
 log = logging.getLogger("coredit.eval")
 
@@ -35,11 +36,12 @@ def _gt_dir(videos_dir: str) -> str:
 
 
 def video_metrics(videos_dir: str, protocol: EvalProtocol, lpips_weights: Optional[str] = None,
-                  reference_dir: Optional[str] = None) -> Dict[str, Any]:
-    """PSNR / SSIM (/ LPIPS) of every generation against ``gt_video`` (or another run's ``gen_video``)."""
+                  reference_dir: Optional[str] = None, i3d_weights: Optional[str] = None) -> Dict[str, Any]:
+    """PSNR / SSIM (/ LPIPS) of every generation against ``gt_video`` (or another run's ``gen_video``), and FVD
+    (with I3D weights) of all generated clips against the reference clips of the same tokens."""
     gens = find_clips(os.path.join(videos_dir, "gen_video"), protocol.cameras)
     ref_root = reference_dir or _gt_dir(videos_dir)
-    ref = {tok: g[-1] for tok, g in find_clips(ref_root, protocol.cameras).items() if -1 in g}
+    ref = find_gt_clips(ref_root, protocol.cameras)
     lpips, skipped = None, {}
     if lpips_weights:
         from .metrics_video import LPIPSMetric
@@ -64,6 +66,21 @@ def video_metrics(videos_dir: str, protocol: EvalProtocol, lpips_weights: Option
         for cam, v in g["per_camera"].items():
             cams.setdefault(cam, []).append(v["psnr"])
     out["per_camera_psnr"] = {c: float(np.mean(v)) for c, v in cams.items()}
+    out["fvd"] = None
+    if i3d_weights:
+        from .metrics_video import FVDFeatureExtractor, collect_fvd_features, fvd
+
+        try:
+            extractor = FVDFeatureExtractor(i3d_weights, protocol)
+        except MetricSkipped as e:
+            skipped["FVD"] = str(e)
+        else:
+            gen_paths = [p for tok in sorted(gens) if tok in ref for k in sorted(gens[tok]) if k >= 0
+                         for p in gens[tok][k].values()]
+            ref_paths = [p for tok in sorted(ref) if tok in gens for p in ref[tok].values()]
+            out["fvd"] = fvd(collect_fvd_features(extractor, ref_paths), collect_fvd_features(extractor, gen_paths))
+    else:
+        skipped["FVD"] = "no I3D weights given (--i3d-weights)"
     out["skipped"] = skipped
     return out
 
@@ -77,9 +94,7 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
     from tqdm import tqdm
 
     from ..data import BEV_CHANNELS
-    from ..perception import SyntheticPerception, bev_iou
-    from ..perception.base import Calibration, boxes_to_global
-    from ..perception.evaluate import ground_truth_boxes
+    from ..perception import Calibration, SyntheticPerception, boxes_to_global, ground_truth_boxes
 
     model = perception or SyntheticPerception()
     gens = find_clips(os.path.join(videos_dir, "gen_video"), protocol.cameras)
@@ -92,9 +107,11 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
         raise KeyError(f"{len(missing)} generated tokens are not in the dataset (e.g. {missing[:2]}); generate and "
                        "evaluate with the same data config and seed offset")
     ks = sorted({k for g in gens.values() for k in g if k >= 0})
-    det_results, bev_pred, bev_gt = [], [], []
+    det_results, ious = [], []
     for k in ks:
         preds, gts, ego = {}, {}, {}
+        # W-CODA's rule per generation: TP / FP / FN summed over its maps, a class empty in both scores 0
+        iou = BEVIoU(BEV_CHANNELS, mode="multilabel", absent_score=0.0)
         for tok in tqdm(sorted(gens), desc=f"perception gen{k}", disable=not progress, file=sys.stderr):
             if k not in gens[tok]:
                 continue
@@ -111,8 +128,8 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
                 gts[stok] = boxes_to_global(ground_truth_boxes(item, f, min_pixels=16), pose)
                 ego[stok] = pose[:3, 3].tolist()
                 if f == 0:  # the dataset's BEV map is around the frame-0 ego
-                    bev_gt.append(np.asarray(item["bev_map"]) > 0.5)
-                    bev_pred.append(np.asarray(out["bev_seg"], bool))
+                    iou.update(np.asarray(out["bev_seg"], bool), np.asarray(item["bev_map"]) > 0.5)
+        ious.append(iou.compute())
         if nusc is not None:
             det_results.append(evaluate_detection(preds, sorted(preds), nusc=nusc, ego_translation=ego,
                                                   config=protocol.det_config))
@@ -120,23 +137,22 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
             det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
                                                   config=protocol.det_config))
     det = mean_detection(det_results) if len(det_results) > 1 else _summary(det_results[0])
-    # intersections and unions summed over all scored maps; a class empty in both scores 0 (as W-CODA)
-    per_channel = bev_iou(np.stack(bev_pred), np.stack(bev_gt))
-    iou = {n: float(np.nan_to_num(v)) for n, v in zip(BEV_CHANNELS, per_channel)}
-    return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou,
-                mIoU=float(np.mean(list(iou.values()))), generations=len(ks))
+    iou = mean_iou_summaries(ious)
+    miou = iou.pop("mIoU")
+    return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou, mIoU=miou,
+                generations=len(ks))
 
 
 def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtocol, dataset=None,
                  perception: str = "synthetic", lpips_weights: Optional[str] = None, runner=None,
-                 nusc=None, info_path: Optional[str] = None, work_dir: Optional[str] = None) -> MethodResult:
+                 nusc=None, info_path: Optional[str] = None, work_dir: Optional[str] = None,
+                 i3d_weights: Optional[str] = None) -> MethodResult:
     """All metrics of one videos folder as a report row."""
     skipped: Dict[str, str] = {}
     metrics: Dict[str, Optional[float]] = {}
-    vm = video_metrics(videos_dir, protocol, lpips_weights)
-    metrics.update(PSNR=vm["psnr"], SSIM=vm["ssim"], LPIPS=vm.get("lpips"))
+    vm = video_metrics(videos_dir, protocol, lpips_weights, i3d_weights=i3d_weights)
+    metrics.update(PSNR=vm["psnr"], SSIM=vm["ssim"], LPIPS=vm.get("lpips"), FVD=vm["fvd"])
     skipped.update(vm["skipped"])
-    skipped["FVD"] = "no I3D weights given (--i3d-weights)"
     per_class_ap: Dict[str, float] = {}
     per_class_iou: Dict[str, float] = {}
     if perception == "synthetic":
@@ -149,19 +165,64 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
         if runner is None or info_path is None:
             raise ValueError("the bevformer path needs a runner and the nuScenes info file (perception.info)")
         work = work_dir or os.path.join(videos_dir, "eval_work")
-        results = []
+        results, seg = [], []
         for gen in prepare_generations(videos_dir, info_path, work, protocol):
             out = runner.run(gen.info_path, os.path.join(work, f"gen{gen.gen_index}"), f"gen{gen.gen_index}")
             results.append(evaluate_detection(out.boxes, sorted(out.boxes), nusc=nusc, config=protocol.det_config))
             if out.seg_summary:
-                metrics["mIoU"] = float(np.mean([out.seg_summary[c] for c in protocol.miou_classes
-                                                 if c in out.seg_summary]))
+                seg.append({c: out.seg_summary[c] for c in protocol.miou_classes if c in out.seg_summary})
         det = mean_detection(results) if len(results) > 1 else _summary(results[0])
         metrics.update(mAP=det["mAP"], NDS=det["NDS"])
         per_class_ap = det.get("class_ap", {})
-        if "mIoU" not in metrics:
+        if seg:  # mIoU of each generation's classes, then the mean over generations (read_map_miou.py)
+            metrics["mIoU"] = float(np.mean([np.mean(list(s.values())) for s in seg]))
+            per_class_iou = mean_iou_summaries(seg)
+        else:
             skipped["mIoU"] = "the BEVFormer run wrote no segmentation output"
     else:
         raise ValueError(f"perception must be 'synthetic' or 'bevformer', got {perception!r}")
     return MethodResult(method=name, ratio=ratio, metrics=metrics, skipped=skipped, per_class_ap=per_class_ap,
                         per_camera_psnr=vm["per_camera_psnr"], per_class_iou=per_class_iou)
+
+
+def evaluate_perception(model, dataset, indices: Optional[Sequence[int]] = None,
+                        videos: Optional[Sequence[Any]] = None, frames: Optional[Sequence[int]] = None,
+                        min_pixels: int = 16, max_range: Optional[float] = None,
+                        thresholds: Sequence[float] = DEFAULT_DIST_THRESHOLDS) -> Dict[str, Any]:
+    """Score a perception model on synthetic clips: run ``model`` on ``frames`` (default: all) of samples
+    ``indices`` (default: all) of ``dataset``.
+
+    ``videos[i]``: optional ``[NC, 3, T, H, W]`` in [-1, 1] replacing sample ``indices[i]``'s rendered video.
+    Ground truth: boxes with at least ``min_pixels`` visible pixels (16: boxes a camera resolves; the
+    analogue of nuScenes dropping boxes without lidar points) within ``max_range`` m (default: the nuScenes
+    class ranges); predictions beyond the same range are dropped. Returns :func:`.metrics_det.center_distance_ap`'s
+    dict plus ``bev_iou`` (``[C]`` per channel against ``dataset.bev_map`` of each frame, summed over frames, nan
+    for a class empty in both or if the model's BEV grid differs from the data set's) and ``num_frames``.
+    """
+    from ..perception import Calibration, frames_from_video, ground_truth_boxes
+    from ..perception.evaluate import in_range
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    if videos is not None and len(videos) != len(indices):
+        raise ValueError(f"{len(videos)} videos for {len(indices)} samples")
+    preds, gts, seg, seg_gt = [], [], [], []
+    same_grid = tuple(model.bev_grid.hw) == tuple(dataset.grid.hw) and \
+        (model.bev_grid.x_range, model.bev_grid.y_range) == (dataset.grid.x_range, dataset.grid.y_range)
+    for i, idx in enumerate(indices):
+        item = dataset[idx]
+        video = item["video"] if videos is None else videos[i]
+        for t in (range(dataset.frames) if frames is None else frames):
+            out = model.predict(frames_from_video(video, t, item["camera_names"]), Calibration.from_item(item, t))
+            preds.append([b for b in out["boxes"] if in_range(b, max_range)])
+            gts.append(ground_truth_boxes(item, t, min_pixels, max_range))
+            if same_grid:
+                seg.append(out["bev_seg"])
+                seg_gt.append(dataset.bev_map(idx, t))
+    res = center_distance_ap(preds, gts, thresholds)
+    res["bev_iou"] = np.full(3, np.nan)
+    if seg:
+        iou = BEVIoU(tuple(map(str, range(len(seg[0])))), mode="multilabel", absent_score=float("nan"))
+        iou.update(np.asarray(np.stack(seg), bool), np.asarray(np.stack(seg_gt), bool))
+        res["bev_iou"] = np.array([v for k, v in iou.compute().items() if k != "mIoU"])
+    res["num_frames"] = len(preds)
+    return res

@@ -45,7 +45,6 @@ NUSCENES_DETECTION_CLASSES: Tuple[str, ...] = (
 RESIZE_MODES = ("fit_width", "stretch")
 RESAMPLE_MODES = ("bicubic", "bilinear", "nearest")
 PAD_SIDES = ("top", "bottom")
-MIOU_MODES = ("argmax", "multilabel")
 FVD_CROP_MODES = ("bottom", "center", "top")
 
 
@@ -92,12 +91,8 @@ class EvalProtocol:
         cameras: camera names every generation must have (matched by file name, never by index).
         num_generations: how many ``_gen{k}`` per token to score (``None``: every one found).
     BEV segmentation
-        miou_classes: foreground classes in raster channel order (divider, ped_crossing, boundary).
-        bev_x_range / bev_y_range: metres in the ego frame (x forward, y left), bev_resolution: metres / cell.
-        miou_mode: ``argmax`` (exclusive labels with background, W-CODA) or ``multilabel`` (one boolean raster
-            per class, BEVFusion style).
-        map_thickness / map_filter_extra: rasterisation line width in cells and the extra width of the
-            overlap filter that removes lower-priority classes near higher ones (HDMapNet / W-CODA: 5 and 4).
+        miou_classes: the classes whose IoU the BEVFormer run reports that mIoU averages (divider, ped_crossing,
+            boundary); the BEVFormer fork rasterises the map and computes IoU itself.
     Detection
         det_config: nuScenes detection config name (``detection_cvpr_2019``).
         det_classes: detection classes (the 10 nuScenes ones).
@@ -112,10 +107,8 @@ class EvalProtocol:
         fvd_allow_padding: allow the crop to include padded rows (False: an error names the key).
         fvd_i3d_resolution: short side / crop of the I3D input (224).
         fvd_num_frames: frames per clip fed to I3D (``None``: all; W-CODA uses the whole 16-frame clip).
-    Aggregation
-        aggregate_generations: ``mean`` of each metric over generations (W-CODA ``read_map_miou.py``;
-            :func:`.metrics_det.mean_detection`, :func:`.metrics_bev.mean_iou_summaries`) or ``pooled`` (one
-            evaluation over all generations together; :func:`.metrics_det.pool_generations`, one ``BEVIoU``).
+    Generations are aggregated by the mean of each metric over them (W-CODA ``read_map_miou.py``;
+    :func:`.metrics_det.mean_detection`, :func:`.metrics_bev.mean_iou_summaries`).
     """
 
     target_hw: Tuple[int, int] = (900, 1600)
@@ -128,12 +121,6 @@ class EvalProtocol:
     cameras: Tuple[str, ...] = NUSCENES_CAMERAS
     num_generations: Optional[int] = None
     miou_classes: Tuple[str, ...] = ("divider", "ped_crossing", "boundary")
-    bev_x_range: Tuple[float, float] = (-30.0, 30.0)
-    bev_y_range: Tuple[float, float] = (-15.0, 15.0)
-    bev_resolution: float = 0.15
-    miou_mode: str = "argmax"
-    map_thickness: int = 5
-    map_filter_extra: int = 4
     det_config: str = "detection_cvpr_2019"
     det_classes: Tuple[str, ...] = NUSCENES_DETECTION_CLASSES
     pixel_data_range: float = 255.0
@@ -149,7 +136,6 @@ class EvalProtocol:
     fvd_allow_padding: bool = False
     fvd_i3d_resolution: int = 224
     fvd_num_frames: Optional[int] = None
-    aggregate_generations: str = "mean"
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -161,8 +147,7 @@ class EvalProtocol:
         if self.generation_hw is not None:
             self.generation_hw = _pair("generation_hw", self.generation_hw)
         for key, allowed in (("resize_mode", RESIZE_MODES), ("resample", RESAMPLE_MODES), ("pad_side", PAD_SIDES),
-                             ("miou_mode", MIOU_MODES), ("fvd_crop_mode", FVD_CROP_MODES),
-                             ("aggregate_generations", ("mean", "pooled"))):
+                             ("fvd_crop_mode", FVD_CROP_MODES)):
             if getattr(self, key) not in allowed:
                 raise ProtocolError(key, f"must be one of {allowed}, got {getattr(self, key)!r}")
         if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, int) or not 0 <= self.pad_value <= 255:
@@ -184,22 +169,6 @@ class EvalProtocol:
         if not classes or len(set(classes)) != len(classes):
             raise ProtocolError("miou_classes", f"must be distinct class names, got {self.miou_classes!r}")
         self.miou_classes = classes
-        for key in ("bev_x_range", "bev_y_range"):
-            lo, hi = _pair(key, getattr(self, key), kind=float, positive=False)
-            if not hi > lo:
-                raise ProtocolError(key, f"must be (low, high) with high > low, got {getattr(self, key)!r}")
-            setattr(self, key, (lo, hi))
-        if not isinstance(self.bev_resolution, (int, float)) or self.bev_resolution <= 0:
-            raise ProtocolError("bev_resolution", f"must be > 0, got {self.bev_resolution!r}")
-        for key in ("bev_x_range", "bev_y_range"):
-            lo, hi = getattr(self, key)
-            n = (hi - lo) / self.bev_resolution
-            if abs(n - round(n)) > 1e-6:
-                raise ProtocolError(key, f"span {hi - lo} m is not a whole number of {self.bev_resolution} m cells")
-        for key in ("map_thickness", "map_filter_extra"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "map_thickness" else 0):
-                raise ProtocolError(key, f"must be an int >= {1 if key == 'map_thickness' else 0}, got {v!r}")
         if not isinstance(self.det_config, str) or not self.det_config:
             raise ProtocolError("det_config", f"must be a config name, got {self.det_config!r}")
         dc = tuple(self.det_classes) if not isinstance(self.det_classes, str) else ()
@@ -285,13 +254,6 @@ class EvalProtocol:
         c1 = c0 + rh
         lo, hi = math.floor(p0 + 1e-9), math.ceil(p1 - 1e-9)
         return max(0, min(hi, c1) - max(lo, c0))
-
-    @property
-    def bev_shape(self) -> Tuple[int, int]:
-        """(rows, cols) of the BEV raster: rows follow y, columns follow x (200 x 400 by default)."""
-        ny = int(round((self.bev_y_range[1] - self.bev_y_range[0]) / self.bev_resolution))
-        nx = int(round((self.bev_x_range[1] - self.bev_x_range[0]) / self.bev_resolution))
-        return (ny, nx)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> Dict[str, Any]:

@@ -7,14 +7,6 @@ from .. import kernels
 from .partition import GridArg, as_pair, cached, cell_counts, check_frame, on_device, partition
 
 
-def cell_mean(values: torch.Tensor, cell_ids: torch.Tensor, n_cells: int) -> torch.Tensor:
-    """Mean of ``values [F, N, C]`` over the tokens of each cell -> ``[F, n_cells, C]``."""
-    Fr, _, C = values.shape
-    sums = values.new_zeros(Fr, n_cells, C).index_add_(1, cell_ids, values)
-    counts = values.new_zeros(n_cells).index_add_(0, cell_ids, values.new_ones(cell_ids.shape))  # no host sync
-    return sums / counts.clamp_min(1).view(1, -1, 1)
-
-
 def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> torch.Tensor:
     """Spatial coherence of every token of every frame.
 

@@ -46,14 +46,6 @@ class ParallelState:
         return torch.device("cpu")
 
 
-_STATE = ParallelState()
-
-
-def get_parallel_state() -> ParallelState:
-    """The state set by :func:`init_parallel` (a single-process state before that)."""
-    return _STATE
-
-
 def _free_port() -> int:
     import socket
 
@@ -72,7 +64,6 @@ def init_parallel(sp_size: int = 1, backend: Optional[str] = None, timeout_s: in
     Without ``torchrun`` variables (``WORLD_SIZE`` unset) this makes a one-process group: SP must be 1.
     ``backend`` defaults to NCCL when CUDA is available, gloo otherwise.
     """
-    global _STATE
     if not isinstance(sp_size, int) or sp_size < 1:
         raise ValueError(f"sp_size must be an int >= 1, got {sp_size!r}")
     if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
@@ -107,41 +98,24 @@ def init_parallel(sp_size: int = 1, backend: Optional[str] = None, timeout_s: in
         g = dist.new_group(ranks)
         if rank in ranks:
             dp_group = g
-    _STATE = ParallelState(
+    return ParallelState(
         world_size=world, rank=rank, local_rank=int(os.environ.get("LOCAL_RANK", "0")), dp_size=dp_size,
         dp_rank=rank // sp_size, sp_size=sp_size, sp_rank=rank % sp_size, sp_group=sp_group,
         dp_group=dp_group, backend=backend,
     )
-    return _STATE
-
-
-def state_from_host_group(sp_group) -> ParallelState:
-    """Adopt a host's own SP group (e.g. ``magicdrivedit.acceleration.parallel_states``'s)."""
-    global _STATE
-    if not dist.is_initialized():
-        raise RuntimeError("torch.distributed is not initialised; the host must create its groups first")
-    world, rank = dist.get_world_size(), dist.get_rank()
-    sp = dist.get_world_size(sp_group) if sp_group is not None else 1
-    _STATE = ParallelState(
-        world_size=world, rank=rank, local_rank=int(os.environ.get("LOCAL_RANK", "0")), dp_size=world // sp,
-        dp_rank=rank // sp, sp_size=sp, sp_rank=dist.get_rank(sp_group) if sp_group is not None else 0,
-        sp_group=sp_group, dp_group=None, backend=dist.get_backend(),
-    )
-    return _STATE
 
 
 def destroy_parallel() -> None:
-    global _STATE
     if dist.is_initialized():
         dist.destroy_process_group()
-    _STATE = ParallelState()
 
 
 class GroupRef:
     """A mutable slot holding a process group, shared by a model and its layers.
 
     Process groups cannot be copied or pickled; this slot survives ``copy.deepcopy`` (an EMA or
-    teacher copy shares the group) and pickles as empty.
+    teacher copy shares the group) and pickles as empty (a loaded model runs without SP until
+    ``set_sequence_parallel``).
     """
 
     __slots__ = ("group",)
@@ -152,11 +126,8 @@ class GroupRef:
     def __deepcopy__(self, memo):
         return self
 
-    def __getstate__(self):
-        return None
-
-    def __setstate__(self, state):
-        self.group = None
+    def __reduce__(self):
+        return GroupRef, ()
 
     @property
     def size(self) -> int:

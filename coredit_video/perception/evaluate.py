@@ -1,14 +1,11 @@
-"""Score a perception model on synthetic clips: detection mAP against the rendered boxes, BEV IoU
-against the rasterised map. Pass ``videos`` to score other pixels (generated, decoded, corrupted)
-against the same ground truth."""
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+"""Ground truth of the synthetic clips for perception scoring: the rendered boxes a camera resolves,
+within the nuScenes class ranges (the scoring itself: :func:`coredit_video.evaluation.pipeline.evaluate_perception`)."""
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from ..data.classes import CLASS_NAMES
 from ..data.geometry import yaw_to_quaternion
-from .base import Calibration, PerceptionModel, frames_from_video
-from .metrics import DIST_THRESHOLDS, bev_iou, center_distance_ap
 
 
 # nuScenes detection benchmark: per-class evaluation range (metres from the ego).
@@ -34,38 +31,3 @@ def ground_truth_boxes(item: Mapping[str, Any], frame: int, min_pixels: int = 1,
             "rotation": yaw_to_quaternion(boxes[m, 6]).tolist(), "velocity": boxes[m, 7:9].tolist(),
             "detection_name": CLASS_NAMES[int(labels[m])]} for m in np.nonzero(keep)[0]]
     return [b for b in out if in_range(b, max_range)]
-
-
-def evaluate_perception(model: PerceptionModel, dataset, indices: Optional[Sequence[int]] = None,
-                        videos: Optional[Sequence[Any]] = None, frames: Optional[Sequence[int]] = None,
-                        min_pixels: int = 16, max_range: Optional[float] = None,
-                        thresholds: Sequence[float] = DIST_THRESHOLDS) -> Dict[str, Any]:
-    """Run ``model`` on ``frames`` (default: all) of samples ``indices`` (default: all) of ``dataset``.
-
-    ``videos[i]``: optional ``[NC, 3, T, H, W]`` in [-1, 1] replacing sample ``indices[i]``'s rendered video.
-    Ground truth: boxes with at least ``min_pixels`` visible pixels (16: boxes a camera resolves; the
-    analogue of nuScenes dropping boxes without lidar points) within ``max_range`` m (default: the nuScenes
-    class ranges, ``CLASS_RANGE``); predictions beyond the same range are dropped. Returns
-    ``center_distance_ap``'s dict plus ``bev_iou`` (per channel, against ``dataset.bev_map`` of each
-    frame; nan if the model's BEV grid differs from the data set's) and ``num_frames``.
-    """
-    indices = list(range(len(dataset))) if indices is None else list(indices)
-    if videos is not None and len(videos) != len(indices):
-        raise ValueError(f"{len(videos)} videos for {len(indices)} samples")
-    preds, gts, seg, seg_gt = [], [], [], []
-    same_grid = tuple(model.bev_grid.hw) == tuple(dataset.grid.hw) and \
-        (model.bev_grid.x_range, model.bev_grid.y_range) == (dataset.grid.x_range, dataset.grid.y_range)
-    for i, idx in enumerate(indices):
-        item = dataset[idx]
-        video = item["video"] if videos is None else videos[i]
-        for t in (range(dataset.frames) if frames is None else frames):
-            out = model.predict(frames_from_video(video, t, item["camera_names"]), Calibration.from_item(item, t))
-            preds.append([b for b in out["boxes"] if in_range(b, max_range)])
-            gts.append(ground_truth_boxes(item, t, min_pixels, max_range))
-            if same_grid:
-                seg.append(out["bev_seg"])
-                seg_gt.append(dataset.bev_map(idx, t))
-    res = center_distance_ap(preds, gts, thresholds)
-    res["bev_iou"] = bev_iou(np.stack(seg), np.stack(seg_gt)) if seg else np.full(3, np.nan)
-    res["num_frames"] = len(preds)
-    return res
