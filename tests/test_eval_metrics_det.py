@@ -10,7 +10,6 @@ from coredit_video.evaluation.metrics_det import (
     build_results_json,
     evaluate_detection,
     mean_detection,
-    write_results_json,
 )
 from coredit_video.evaluation.protocol import NUSCENES_DETECTION_CLASSES
 
@@ -99,8 +98,7 @@ def test_results_json(tmp_path):
     box = data["results"]["a"][0]
     assert box["sample_token"] == "a" and box["velocity"] == [0.0, 0.0] and box["rotation"] == [1.0, 0.0, 0.0, 0.0]
     assert data["meta"]["use_camera"] is True
-    path = write_results_json(str(tmp_path / "r" / "results_nusc.json"), pred)
-    assert json.load(open(path))["results"]["a"][0]["detection_score"] == 0.5
+    assert json.loads(json.dumps(build_results_json(pred)))["results"]["a"][0]["detection_score"] == 0.5
     with pytest.raises(ValueError, match="detection_score"):
         build_results_json({"a": [{"translation": [0, 0, 0], "detection_name": "car"}]})
 

@@ -119,15 +119,6 @@ def build_results_json(predictions: Predictions, sample_tokens: Optional[Iterabl
     return {"meta": m, "results": results}
 
 
-def write_results_json(path: str, predictions: Predictions, sample_tokens: Optional[Iterable[str]] = None,
-                       meta: Optional[Mapping[str, Any]] = None) -> str:
-    data = build_results_json(predictions, sample_tokens, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------- pure AP
 def _ap_from_pr(tp: np.ndarray, npos: int, min_recall: float, min_precision: float) -> float:
     if npos == 0 or len(tp) == 0:
