@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -53,6 +54,41 @@ def test_generate_dense_and_pruned_then_evaluate(tmp_path):
             assert r["metrics"][col] is not None, (r["method"], col)
         assert "I3D" in r["skipped"]["FVD"] and "LPIPS" in r["skipped"]["LPIPS"]
     assert "| dense" in proc.stdout and "CoReDiT" in proc.stdout  # the Markdown table
+
+    # FVD end to end with a TorchScript stand-in for I3D (same contract: [B, 3, T, R, R] in [-1, 1] -> [B, D])
+    i3d = str(tmp_path / "i3d.pt")
+    _stand_in_i3d(i3d)
+    run(["tools/eval_bev.py", str(tmp_path / "dense"), "--config", "configs/eval_tiny_cpu.py", "--cfg-options",
+         "data.num_samples=1", "protocol.target_hw=(32,56)", "protocol.generation_hw=(32,56)",
+         "protocol.key_frames=(0,1)", "protocol.fvd_resize_hw=(32,56)", "protocol.fvd_crop_hw=(32,56)",
+         "protocol.fvd_i3d_resolution=16", "data.train_config=" + str(_tiny_config(tmp_path, opts)),
+         "--names", "dense", "--ratios", "0", "--out", str(tmp_path / "eval_fvd"), "--i3d-weights", i3d])
+    row = json.loads((tmp_path / "eval_fvd" / "eval.json").read_text())["results"][0]
+    assert "FVD" not in row["skipped"]
+    assert row["metrics"]["FVD"] > 0 and row["metrics"]["FVD"] < float("inf")  # generated clips are not the gt
+    bad = subprocess.run([sys.executable, "tools/eval_bev.py", str(tmp_path / "dense"), "--config",
+                          "configs/eval_tiny_cpu.py", "--i3d-weights", str(tmp_path / "missing.pt")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--i3d-weights" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _stand_in_i3d(path):
+    import torch
+
+    class TinyI3D(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(3, 8, kernel_size=3, padding=1)
+            self.head = torch.nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
+            return self.head(h)
+
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; the I3D contract is a TorchScript file
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(TinyI3D()).save(path)
 
 
 def _tiny_config(tmp_path, opts):

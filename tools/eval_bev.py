@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Score generated multi-view videos: nuScenes mAP/NDS and BEV mIoU through a perception model,
-PSNR/SSIM (and LPIPS/FVD with their weights), as a Table-4-shaped report.
+PSNR/SSIM (and LPIPS / FVD with their weights), as a Table-4-shaped report.
 
     python tools/eval_bev.py VIDEOS_DIR [VIDEOS_DIR ...] --config configs/eval_tiny_cpu.py \\
         --names dense pruned --ratios 0 auto --out work_dirs/tiny_cpu/eval
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", nargs="+", help="mean pruning ratio per folder, or 'auto' (generation.json)")
     ap.add_argument("--out", default=None, help="report folder (default: <first folder>/../eval)")
     ap.add_argument("--lpips-weights", default=None)
-    ap.add_argument("--i3d-weights", default=None)
+    ap.add_argument("--i3d-weights", default=None,
+                    help="TorchScript I3D ([B, 3, T, R, R] in [-1, 1] -> [B, D] features) for FVD against gt_video")
     args = ap.parse_args(argv)
 
     from coredit_video.evaluation.pipeline import evaluate_run
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ratios = args.ratios or ["auto"] * len(args.videos)
     if len(names) != len(args.videos) or len(ratios) != len(args.videos):
         ap.error("--names and --ratios need one entry per videos folder")
+    if args.i3d_weights and not os.path.isfile(args.i3d_weights):
+        ap.error(f"--i3d-weights {args.i3d_weights}: no such file (a TorchScript I3D, torch.jit.save)")
     for v in args.videos:
         if not os.path.isdir(os.path.join(v, "gen_video")):
             ap.error(f"{v} has no gen_video/ folder (MagicDrive-V2 test layout); generate with tools/generate.py")
@@ -97,9 +100,7 @@ def main(argv=None) -> int:
                     ratio = json.load(f).get("mean_ratio", 0.0)
         res = evaluate_run(name, float(ratio), folder, protocol, dataset=dataset, perception=kind,
                            lpips_weights=args.lpips_weights, runner=runner, nusc=nusc,
-                           info_path=info)
-        if args.i3d_weights is None:
-            res.skipped["FVD"] = "no I3D weights given (--i3d-weights); FVD skipped"
+                           info_path=info, i3d_weights=args.i3d_weights)
         results.append(res)
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items() if v is not None),
               file=sys.stderr)
