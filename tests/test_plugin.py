@@ -1,5 +1,7 @@
 """apply / remove on the built-in host: parity, round trips, isolation, errors."""
+import functools
 import json
+import math
 
 import pytest
 import torch
@@ -14,10 +16,45 @@ from .conftest import SMALL_GRIDS
 CFG = {"grids": SMALL_GRIDS, "stride": 2}
 
 
+def naive_self_attention(attn, x):
+    """``softmax(Q K^T / sqrt(d)) V`` written out on the module's weights (no project attention code):
+    ``qkv`` rows are ``[q; k; v]`` split into heads, per-head LayerNorm on q and k, then ``proj``."""
+    B, N, C = x.shape
+    H = attn.num_heads
+    d = C // H
+    qkv = (x @ attn.qkv.weight.t() + attn.qkv.bias).reshape(B, N, 3, H, d)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, d]
+
+    def layer_norm(t, norm):
+        t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + norm.eps)
+        return t * norm.weight + norm.bias
+
+    q, k = layer_norm(q, attn.q_norm), layer_norm(k, attn.k_norm)
+    scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(d)
+    o = torch.einsum("bhnm,bmhd->bnhd", torch.softmax(scores, dim=-1), v).reshape(B, N, C)
+    return o @ attn.proj.weight.t() + attn.proj.bias
+
+
 def test_ratio_zero_equals_dense(tiny_host, tiny_inputs):
     ref = tiny_host(**tiny_inputs)
     cv.apply(tiny_host, dict(CFG, ratios=0.0))
     torch.testing.assert_close(tiny_host(**tiny_inputs), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_ratio_zero_equals_a_naive_reference(tiny_host, tiny_inputs):
+    # the reference host runs its spatial self-attentions through code that shares nothing with the plugin
+    spatial = [blk.attn for blk in list(tiny_host.base_blocks_s) + list(tiny_host.control_blocks_s)]
+    for attn in spatial:
+        attn.forward = functools.partial(naive_self_attention, attn)
+    with torch.no_grad():
+        ref = tiny_host(**tiny_inputs)
+    for attn in spatial:
+        del attn.forward
+    ctrl = cv.apply(tiny_host, dict(CFG, ratios=0.0))
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_host(**tiny_inputs), ref, rtol=1e-5, atol=1e-5)
+        ctrl.set_ratios(0.4)  # and the reference is sensitive to pruning
+        assert (tiny_host(**tiny_inputs) - ref).abs().max() > 1e-3
 
 
 def test_pruning_changes_output_and_round_trip_is_exact(tiny_host, tiny_inputs):
@@ -95,8 +132,13 @@ def test_pruned_attention_matches_manual_composition():
     y_keep = attn(x.gather(1, keep[..., None].expand(-1, -1, 64)))  # host's own forward on retained tokens
     ref = reconstruct(y_keep, keep, skip, sc, (6, 7), (4, 4), (2, 2), 2)
     torch.testing.assert_close(y, ref)
-    # ratio 0: the host's dense output
+    # ratio 0: the host's dense output, and an independent softmax(QK^T/sqrt d)V on the same weights
     torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout), attn(x))
+    torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout), naive_self_attention(attn, x),
+                               rtol=1e-5, atol=1e-5)
+    y_keep_naive = naive_self_attention(attn, x.gather(1, keep[..., None].expand(-1, -1, 64)))
+    torch.testing.assert_close(y, reconstruct(y_keep_naive, keep, skip, sc, (6, 7), (4, 4), (2, 2), 2),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_backends_agree():
