@@ -114,6 +114,10 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     tc = cfg.train
     bundle = build_host_bundle(cfg.model, cfg.data, cfg.seed)
     model = bundle.model.to(st.device)
+    if tc.init_from:  # before the teacher copy and the EMA: both start from these weights
+        from ..models.shipped import load_host_weights
+
+        log.info("initial weights: %s", load_host_weights(model, tc.init_from))
     if hasattr(model, "set_sequence_parallel"):
         model.set_sequence_parallel(st.sp_group)
     if tc.grad_checkpoint and hasattr(model, "config"):
