@@ -300,8 +300,8 @@ def test_scheduler_class_is_importable_and_picklable(rf, tmp_path):
 
 
 def test_without_magicdrive_the_import_works_and_use_names_the_fix():
-    """No checkout needed: a process where ``magicdrivedit`` cannot be imported."""
-    code = ("import coredit_video.integrations.magicdrive as m\n"
+    """No checkout needed: a process where ``magicdrivedit`` cannot be imported (blocked even if installed)."""
+    code = ("import sys\nsys.modules['magicdrivedit'] = None\nimport coredit_video.integrations.magicdrive as m\n"
             "for use in (m.register, m.CoReDiTRFLOW):\n"
             "    try:\n        use()\n    except ImportError as e:\n        print('ERR', e)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", ENV)}

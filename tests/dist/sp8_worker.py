@@ -5,12 +5,12 @@ import os
 import sys
 
 import torch
-import torch.distributed as dist
 
 import coredit_video as cv
 from coredit_video.models import MultiViewSTDiT, host_config
-from coredit_video.parallel import destroy_parallel, init_parallel, measure_comm
-from tests.dist.common import GRIDS, STRIDE, loss_of
+from coredit_video.parallel import destroy_parallel, init_parallel
+from tests.dist.common import GRIDS, STRIDE
+from tests.dist.sp_worker import run_modes
 
 SP = BANDS = 8
 MODES = {"dense": None, "ratio0.3": 0.3}
@@ -38,22 +38,7 @@ def patch(model, mode: str):
 
 def main(path: str) -> None:
     st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
-    result = {}
-    for mode in MODES:
-        model = build_host()
-        model.set_sequence_parallel(st.sp_group)
-        patch(model, mode)
-        with measure_comm() as fwd:
-            out = model(**inputs())
-        loss_of(out).backward()
-        grads = {}
-        for name, p in model.named_parameters():
-            g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(g)
-            grads[name] = g / st.world_size
-        volume = torch.tensor([fwd.by_tag.get("self_attn", 0)], dtype=torch.float64)
-        dist.all_reduce(volume)
-        result[mode] = dict(out=out.detach(), grads=grads, self_attn_fwd=volume.item())
+    result = run_modes(st, MODES, build_host, inputs, patch)
     if st.rank == 0:
         torch.save(result, path)
     destroy_parallel()
