@@ -168,15 +168,14 @@ def distill_terms(pred: torch.Tensor, teacher_pred: torch.Tensor, capture: Block
     n = pred.shape[0]
     d = (pred.float() - teacher_pred.float().detach()) ** 2
     l_pred = reduce(d) if reduce is not None else d.reshape(n, -1).mean(1)
+    pairs = list(zip(capture.student, capture.teacher))
     l_attn = l_pred.new_zeros(n)
-    for a, b in zip(capture.student, capture.teacher):
+    for a, b in pairs:
         if a.shape[0] % n:
             raise ValueError(f"L_attn: block {capture.name!r} returned {a.shape[0]} rows for {n} samples; "
                              "its output's first dimension must be the batch times a whole number")
         l_attn = l_attn + per_sample_mse(a.reshape(n, -1), b.detach().reshape(n, -1))
-    if capture.student:
-        l_attn = l_attn / min(len(capture.student), len(capture.teacher))
-    return dict(pred=l_pred, attn=l_attn)
+    return dict(pred=l_pred, attn=l_attn / max(len(pairs), 1))
 
 
 __all__ = ["BlockCapture", "distill_terms", "end_step", "last_pruned_block", "make_teacher", "per_sample_mse",
