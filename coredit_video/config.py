@@ -28,6 +28,8 @@ class PruneConfig:
     bands: row bands per frame; ``None`` means the host's sequence-parallel size (1 without SP).
     blocks: which block groups of the host to prune (adapter's default when ``None``).
     backend: attention backend, ``auto | sdpa | flash | xformers | math``.
+    method: ``coredit`` (the method), or a baseline of the quality study at the same budget:
+        ``random`` selection, ``no_reconstruction``, ``tome`` (token merging); see ``attention.baselines``.
     """
 
     adapter: str = "auto"
@@ -41,6 +43,7 @@ class PruneConfig:
     bands: Optional[int] = None
     blocks: Optional[List[str]] = None
     backend: str = "auto"
+    method: str = "coredit"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
@@ -81,6 +84,10 @@ class PruneConfig:
         return out
 
     def validate(self) -> None:
+        from .attention.baselines import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         check_ratio(self.max_ratio, name="max_ratio")
         if not 0.0 <= self.late_factor <= 1.0:
             raise ValueError(f"late_factor (c) must be in [0, 1], got {self.late_factor}")

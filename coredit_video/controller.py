@@ -235,8 +235,11 @@ class PruningController:
         if P == 1:
             return pruned_self_attention(
                 attn, x, hw, ratio, layout, self.bands, self.cfg.backend,
-                on_scores=self._scores_hook(ordinal, hw, layout, self.bands, 1),
+                on_scores=self._scores_hook(ordinal, hw, layout, self.bands, 1), method=self.cfg.method,
             )
+        if self.cfg.method == "tome":
+            raise ValueError("prune.method='tome' (the token-merging baseline) runs without sequence parallelism; "
+                             "set parallel.sp_size=1")
         # SP: this rank holds rows [rank*H/P, (rank+1)*H/P), i.e. bands/P whole bands. Selection and
         # reconstruction run on them alone; the m-stride pattern is shifted to stay in frame coordinates.
         rank, h = dist.get_rank(self.sp_group), H // P
@@ -248,7 +251,7 @@ class PruningController:
         return pruned_self_attention(
             attn, x, (h, W), ratio, local, per_rank, backend,
             attend=lambda a, t: sp_self_attention(a, t, group, counts, backend),
-            on_scores=self._scores_hook(ordinal, (h, W), local, per_rank, P),
+            on_scores=self._scores_hook(ordinal, (h, W), local, per_rank, P), method=self.cfg.method,
         )
 
     # ------------------------------------------------------------------ plans

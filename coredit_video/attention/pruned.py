@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import band_budgets, reconstruct, select_tokens, spatial_coherence
+from .baselines import bipartite_merge, random_scores, scatter_rows
 from .dense import dense_self_attention
 
 
@@ -50,13 +51,15 @@ def pruned_self_attention(
     backend: str = "auto",
     attend: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
     on_scores: Optional[Callable[[torch.Tensor], None]] = None,
+    method: str = "coredit",
 ) -> torch.Tensor:
     """Self-attention of ``x [F, N, C]`` with the ``ratio`` most coherent tokens skipped.
 
     ``attend(attn, x_keep) -> y_keep`` computes MHSA on retained tokens (default: local dense
     attention; sequence parallelism passes one that crosses the all-to-all). ``on_scores(sc)``
     receives the detached ``[F, N]`` scores (for schedule statistics). Ratio 0 runs the dense
-    attention on all tokens with no scoring.
+    attention on all tokens with no scoring. ``method`` other than ``"coredit"`` swaps in a baseline
+    of the quality study at the same budget (:mod:`.baselines`).
     """
     if x.dim() != 3:
         raise ValueError(f"self-attention input must be [F, N, C], got {tuple(x.shape)}")
@@ -69,6 +72,12 @@ def pruned_self_attention(
         on_scores(sc.detach())
     if K == 0:
         return attend(attn, x)
-    keep, skip = select_tokens(sc.detach(), hw, ratio, layout.stride, layout.ordinal, bands)
+    if method == "tome":
+        merged, unmerge = bipartite_merge(x, hw, K)
+        return unmerge(attend(attn, merged))
+    select_by = random_scores(x, layout.ordinal) if method == "random" else sc.detach()
+    keep, skip = select_tokens(select_by, hw, ratio, layout.stride, layout.ordinal, bands)
     y_keep = attend(attn, gather_tokens(x, keep))
+    if method == "no_reconstruction":
+        return scatter_rows(y_keep, keep, x.shape[1])
     return reconstruct(y_keep, keep, skip, sc, hw, layout.grid, layout.subgrid, bands)

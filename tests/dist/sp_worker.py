@@ -12,8 +12,19 @@ from tests.dist.common import GRIDS, MODES, STRIDE, build_host, inputs, loss_of,
 
 def main(path: str) -> None:
     st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
+    result = run_modes(st, MODES, build_host, inputs, patch)
+    result["errors"] = errors(st)
+    result["uneven"] = uneven_all_to_all(st)
+    if st.rank == 0:
+        torch.save(result, path)
+    destroy_parallel()
+
+
+def run_modes(st, modes, build_host, inputs, patch) -> dict:
+    """Per mode: output, world-averaged gradients and all-to-all volumes (summed over ranks) of the host
+    ``build_host()`` on ``inputs()`` over ``st``'s SP group, patched by ``patch(model, mode)``."""
     result = {}
-    for mode in MODES:
+    for mode in modes:
         model = build_host()
         model.set_sequence_parallel(st.sp_group)
         patch(model, mode)
@@ -31,11 +42,7 @@ def main(path: str) -> None:
         dist.all_reduce(volume)
         result[mode] = dict(out=out.detach(), grads=grads, self_attn_fwd=volume[0].item(),
                             self_attn_bwd=volume[1].item(), cross_view_fwd=volume[2].item())
-    result["errors"] = errors(st)
-    result["uneven"] = uneven_all_to_all(st)
-    if st.rank == 0:
-        torch.save(result, path)
-    destroy_parallel()
+    return result
 
 
 def uneven_all_to_all(st) -> dict:
