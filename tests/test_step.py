@@ -110,11 +110,12 @@ def test_distill_terms_against_loops():
 
 def test_make_teacher_of_a_pruned_model(tiny_host, tiny_inputs):
     dense = tiny_host(**tiny_inputs)
-    cv.apply(tiny_host, dict(CFG, ratios=0.3))
+    ctrl = cv.apply(tiny_host, dict(CFG, ratios=0.3))
     pruned = tiny_host(**tiny_inputs)
     teacher = make_teacher(tiny_host)
     assert cv.get_controller(teacher) is None and not any(p.requires_grad for p in teacher.parameters())
     assert cv.get_controller(tiny_host).ratios == [0.3] * 3 and not teacher.training
+    assert cv.get_controller(tiny_host) is ctrl  # the student keeps its controller
     torch.testing.assert_close(teacher(**tiny_inputs), dense)
     torch.testing.assert_close(tiny_host(**tiny_inputs), pruned)
 

@@ -22,8 +22,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..plugin import apply as apply_pruning
-from ..plugin import get_controller
 from ..plugin import remove as remove_pruning
 
 PHASES = ("main", "late")
@@ -107,18 +105,11 @@ def last_pruned_block(controller, schedule) -> Optional[str]:
 
 # ------------------------------------------------------------------------------------------ distillation
 def make_teacher(model: nn.Module) -> nn.Module:
-    """A frozen (eval, no gradients) dense copy of ``model``. A model pruned already is copied without its
-    patch, which is then put back with the same config and ratios (a new controller: fetch it again)."""
-    ctrl = get_controller(model)
-    if ctrl is None:
-        return copy.deepcopy(model).eval().requires_grad_(False)
-    cfg, ratios = ctrl.cfg, ctrl.ratios
-    remove_pruning(model)
-    try:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    finally:
-        apply_pruning(model, cfg).set_ratios(ratios)
-    return teacher
+    """A frozen (eval, no gradients) dense copy of ``model``; a pruned model keeps its patch and its controller
+    (the copy gets its own, removed)."""
+    teacher = copy.deepcopy(model)
+    remove_pruning(teacher)
+    return teacher.eval().requires_grad_(False)
 
 
 class BlockCapture:
