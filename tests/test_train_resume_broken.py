@@ -3,10 +3,13 @@ resumes from the previous one and still matches an uninterrupted run), refused w
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
-from coredit_video.training.checkpoint import checkpoint_problems, file_problem
+from coredit_video.training.checkpoint import (CheckpointError, checkpoint_problems, file_problem, list_checkpoints,
+                                               resolve_resume, save_checkpoint)
 from tests.dist.common import REPO
 
 CONFIG = os.path.join(REPO, "configs", "tiny_cpu.py")
@@ -85,3 +88,26 @@ def test_broken_checkpoint_is_named_skipped_and_resume_matches_uninterrupted(tmp
     # DeepSpeed on CPU compiled no op (it used to JIT-build a shared-memory all-reduce, ~50 s, silently)
     assert "built successfully" not in full.stderr + resumed.stderr
     assert not (tmp_path / "torch_extensions").exists()
+
+
+class _Engine:
+    """Stands in for DeepSpeed's engine: writes one model file, whole or cut off."""
+
+    def __init__(self, cut: bool):
+        self.cut = cut
+
+    def save_checkpoint(self, root, tag):
+        os.makedirs(os.path.join(root, tag))
+        path = os.path.join(root, tag, "mp_rank_00_model_states.pt")
+        torch.save({"module": {"w": torch.ones(256)}}, path)
+        if self.cut:
+            _truncate(Path(path))
+
+
+def test_a_checkpoint_that_does_not_read_back_is_never_marked_complete(tmp_path):
+    good = save_checkpoint(_Engine(cut=False), str(tmp_path), 2, {"step": 2})
+    assert os.path.isfile(os.path.join(good, "COMPLETE")) and checkpoint_problems(good) == []
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt"):
+        save_checkpoint(_Engine(cut=True), str(tmp_path), 4, {"step": 4})
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "checkpoints"))] == [2]
+    assert resolve_resume("auto", str(tmp_path)) == good
