@@ -34,7 +34,8 @@ class ScheduleConfig:
             raise ValueError(f"schedule.max_ratio must be in [0, 1), got {self.max_ratio}")
         if not 0 <= self.target_ratio <= self.max_ratio:
             raise ValueError(
-                f"schedule.target_ratio must be in [0, max_ratio={self.max_ratio}], got {self.target_ratio}")
+                f"schedule.target_ratio must be in [0, schedule.max_ratio={self.max_ratio}], got {self.target_ratio}: "
+                "lower schedule.target_ratio or raise schedule.max_ratio")
         if not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"schedule.start_step must be an int >= 0, got {self.start_step!r}")
 
