@@ -1,7 +1,28 @@
 """The one registry that maps names to host adapters (mmengine ``Registry``)."""
 from __future__ import annotations
 
-from mmengine.registry import Registry
+try:
+    from mmengine.registry import Registry
+except ImportError:  # a bare GPU machine (kernel tests, benchmarks) has torch only
+
+    class Registry:  # type: ignore[no-redef]
+        """The part of mmengine's ``Registry`` used here: ``register_module(name=)``, ``get``, ``module_dict``."""
+
+        def __init__(self, name: str):
+            self.name, self.module_dict = name, {}
+
+        def register_module(self, name=None, force: bool = False, module=None):
+            def register(cls):
+                key = name or cls.__name__
+                if key in self.module_dict and not force:
+                    raise KeyError(f"{key} is already registered in {self.name}")
+                self.module_dict[key] = cls
+                return cls
+
+            return register(module) if module is not None else register
+
+        def get(self, key):
+            return self.module_dict.get(key)
 
 HOST_ADAPTERS = Registry("coredit host adapter")
 

@@ -69,3 +69,29 @@ def test_reference_rows_come_first_without_delta_rows():
     assert body[3].rstrip().endswith("| 30.50 | 0.9500 |")
     d = MethodResult.from_dict(codec.to_dict())
     assert d.reference and not d.is_dense
+
+
+def test_delta_row_names_dense_once():
+    dense = MethodResult("dense", 0.0, metrics={"mAP": 0.2})
+    pruned = MethodResult("dense", 0.26, metrics={"mAP": 0.1})
+    md = markdown_table([dense, pruned])
+    assert "| Δ vs dense | |" in md and "dense dense" not in md
+
+
+def test_class_ap_plot_says_all_zero_and_psnr_legend_is_outside_the_bars():
+    pytest.importorskip("matplotlib")
+    from coredit_video.evaluation.report import bars_figure
+
+    zero = [MethodResult("m", 0.0, per_class_ap={"car": 0.0, "bus": 0.0}),
+            MethodResult("m", 0.5, per_class_ap={"car": 0.0, "bus": 0.0})]
+    fig = bars_figure(zero, "per_class_ap", "AP", "t", empty_note="every per-class AP is 0")
+    ax = fig.axes[0]
+    assert not ax.patches  # no bar drawn ...
+    assert [t.get_text() for t in ax.texts] == ["every per-class AP is 0"]  # ... the reason instead
+    dense, pruned = _rows()
+    fig = bars_figure([dense, pruned], "per_camera_psnr", "PSNR (dB)", "t")
+    ax = fig.axes[0]
+    assert ax.patches
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: it cannot cover a bar

@@ -8,11 +8,14 @@ time; medians over repeats. Run under torchrun (gloo on CPU, NCCL on GPU):
     torchrun --nproc_per_node 2 tools/bench_sp.py                 # 848x1600: 56x100 tokens, 6 views
     torchrun --nproc_per_node 2 tools/bench_sp.py --tokens 28x50 --repeats 5
 
-Writes ``docs/benchmarks/sp_<backend>_<device>.{json,md}`` (rank 0). Ratios are within one run.
+Writes ``bench_sp<P>_<backend>_<HxW>.{json,md}`` into ``--out`` (default ``work_dirs/bench``; pass
+``--out docs/benchmarks`` to update the committed results) from rank 0, which also prints one line
+per case with the time left. Ratios are within one run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -57,7 +60,8 @@ def timed(fn, warmup: int, repeats: int, sync):
     return statistics.median(times), meter
 
 
-def main(argv=None) -> dict:
+def parse_args(argv, is_main: bool) -> argparse.Namespace:
+    """The options; under torchrun only rank 0 prints help, usage or errors (the others exit quietly)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="56x100", help="padded token grid per frame, HxW (848x1600 -> 56x100)")
     ap.add_argument("--views", type=int, default=6)
@@ -69,12 +73,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--backward", action="store_true", help="also time forward+backward")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="docs/benchmarks")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", default=os.path.join("work_dirs", "bench"),
+                    help="output folder (default %(default)s; docs/benchmarks holds the committed results)")
+    if is_main:
+        return ap.parse_args(argv)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        return ap.parse_args(argv)
 
-    st = init_parallel(sp_size=int(os.environ.get("WORLD_SIZE", "1")))
-    if st.sp_size < 2:
-        raise SystemExit("run under torchrun with at least 2 processes, e.g. torchrun --nproc_per_node 2 ...")
+
+def main(argv=None) -> dict:
+    is_main = os.environ.get("RANK", "0") == "0"
+    args = parse_args(argv, is_main)
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        print("error: tools/bench_sp.py measures sequence parallelism: run it under torchrun with at least 2 "
+              "processes, e.g. torchrun --nproc_per_node 2 tools/bench_sp.py", file=sys.stderr)
+        sys.exit(2)
+    st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
     device = st.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -111,7 +125,13 @@ def main(argv=None) -> dict:
     if args.backward:
         cases.append(("block fwd+bwd", block_fwd_bwd))
     ratios = [0.0] + [float(r) for r in args.ratios.split(",") if r]
+    total = len(ratios) * len(cases)
+    if st.is_main:
+        print(f"{total} cases (r in {ratios} x {[c for c, _ in cases]}), {args.warmup} warm-up + {args.repeats} "
+              f"timed runs each, {H}x{W} tokens, SP={P}, {device_name(device)}; writing to {args.out} "
+              "(--help for options)", flush=True)
     rows = []
+    t_start = time.perf_counter()
     for ratio in ratios:
         if ratio > 0:
             ctrl = cv.apply(model, dict(ratios=ratio, bands=bands, blocks=["base_blocks_s"]))
@@ -126,8 +146,10 @@ def main(argv=None) -> dict:
             rows.append(dict(case=name, ratio=ratio, block_s=stats[0].item(), all_to_all_s=stats[1].item(),
                              self_attn_bytes=stats[2].item(), all_bytes=stats[3].item()))
             if st.is_main:
-                print(f"r={ratio:<5} {name:<14} block {stats[0]:.4f}s  all-to-all {stats[1]:.4f}s  "
-                      f"self-attn sent {stats[2] / 2**20:.1f} MiB  all sent {stats[3] / 2**20:.1f} MiB", flush=True)
+                done, spent = len(rows), time.perf_counter() - t_start
+                print(f"[{done}/{total}] r={ratio:<5} {name:<14} block {stats[0]:.4f}s  all-to-all {stats[1]:.4f}s  "
+                      f"self-attn sent {stats[2] / 2**20:.1f} MiB  all sent {stats[3] / 2**20:.1f} MiB  "
+                      f"({spent:.0f}s so far, about {spent / done * (total - done):.0f}s left)", flush=True)
     cv.remove(model)
     result = dict(
         device=device_name(device), backend=st.backend, sp_size=P, bands=bands, tokens=[H, W], views=args.views,
@@ -137,6 +159,7 @@ def main(argv=None) -> dict:
     )
     if st.is_main:
         write_report(result, args.out)
+        print(f"wrote {args.out}/bench_sp{P}_{st.backend}_{H}x{W}.{{json,md}}", flush=True)
     destroy_parallel()
     return result
 

@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="the pre-training run (default: the config's work_dir)")
     ap.add_argument("--ckpt", default=None, help="a checkpoint directory (default: the newest complete one)")
     ap.add_argument("--out", default=None, help="output .pt (default: the shipped embedded host)")
+    ap.add_argument("--weights", choices=("ema", "model"), default="ema",
+                    help="the EMA shadow (default) or the trained weights themselves (a short run whose EMA still "
+                         "remembers the random initialisation)")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.config):
         print(f"error: config file {args.config!r} not found", file=sys.stderr)
@@ -47,12 +50,16 @@ def main(argv=None) -> int:
         ckpt = found[-1][1]
     state = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
     model = build_host_bundle(tcfg.model, dict(tcfg.data, num_samples=1), tcfg.seed).model
-    shadow = state["ema"]["shadow"]
-    model.load_state_dict(shadow, strict=True)  # the names are the host's: fail here, not at load time
+    if args.weights == "ema":
+        weights = state["ema"]["shadow"]
+    else:
+        weights = torch.load(os.path.join(ckpt, "engine", "mp_rank_00_model_states.pt"), map_location="cpu",
+                             weights_only=False)["module"]
+    model.load_state_dict(weights, strict=True)  # the names are the host's: fail here, not at load time
     out = args.out or shipped_paths()[0]
-    manifest = export_host(shadow, model.config, out, meta=dict(
-        step=int(state["step"]), ema_decay=float(state["ema"]["decay"]), config=os.path.relpath(args.config),
-        data=dict(tcfg.data), checkpoint=os.path.abspath(ckpt)))
+    manifest = export_host(weights, model.config, out, meta=dict(
+        step=int(state["step"]), weights=args.weights, ema_decay=float(state["ema"]["decay"]),
+        config=os.path.relpath(args.config), data=dict(tcfg.data), checkpoint=os.path.basename(ckpt)))
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, {manifest['parameters']} parameters, step "
           f"{manifest['step']}, sha256 {manifest['sha256'][:16]}...)")
     return 0

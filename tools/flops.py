@@ -85,9 +85,30 @@ def print_table(res: dict, show_blocks: bool = False) -> None:
                   f"{b['reduction']:>10.2%}")
 
 
+def resolution_problem(preset: str, resolution: str):
+    """``None`` if the host's VAE can encode ``resolution`` as is, else a one-line message. The VAE
+    downsamples by ``vae_down[1]`` (8 for MagicDrive-V2's CogVideoX VAE) and needs multiples of it; an odd
+    latent size is then padded by the patch embedder (424x800 -> 53x100 latents -> 27x50 tokens)."""
+    spec = F.get_spec(preset)
+    h, w = F.parse_hw(resolution, "resolution")
+    m = spec.vae_down[1]
+    if h % m == 0 and w % m == 0:
+        return None
+    return (f"--resolution {resolution}: {preset}'s VAE downsamples by {m} and needs height and width in "
+            f"multiples of {m}; use e.g. --resolution {-(-h // m) * m}x{-(-w // m) * m}, or --hw-tokens")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.hw_tokens is None:
+        try:
+            problem = resolution_problem(args.preset, args.resolution)
+        except ValueError as e:
+            problem = str(e)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         ratios, bands, stride = args.ratio, args.bands, args.stride
         if args.plan:

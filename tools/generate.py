@@ -19,6 +19,23 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def plan_problem(model, prune_cfg, path: str):
+    """``None`` if the plan at ``path`` applies to ``model`` under ``prune_cfg`` (it is removed again), else a
+    one-line message naming the fix."""
+    from coredit_video import apply, remove
+
+    if not os.path.isfile(path):
+        return f"plan {path!r} not found (training writes <work_dir>/plan.json)"
+    try:
+        apply(model, prune_cfg, plan=path)
+    except (ValueError, KeyError, TypeError) as e:  # over the cap, another model's blocks, not a plan
+        cap = f" (the cap is the config's prune.max_ratio={prune_cfg.max_ratio})" if "max_ratio" in str(e) else ""
+        return f"plan {path}: {e}{cap}"
+    finally:
+        remove(model)
+    return None
+
+
 def main(argv=None) -> int:
     from mmengine.config import Config, DictAction
 
@@ -49,7 +66,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from coredit_video.generation import generate, load_weights, write_codec_reference
-    from coredit_video.training.checkpoint import list_checkpoints, checkpoint_dir
+    from coredit_video.training.checkpoint import checkpoint_dir, checkpoint_problems, list_checkpoints
     from coredit_video.training.config import build_train_config
     from coredit_video.training.hosts import build_host_bundle, held_out_data
 
@@ -69,6 +86,11 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         ckpt = found[-1][1]
+    if args.plan:
+        problem = plan_problem(bundle.model, tcfg.prune, args.plan)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     weights = "random"
     if ckpt == "embedded" or ckpt.endswith(".pt"):
         from coredit_video.models.shipped import ShippedWeightsError, load_host_weights
@@ -79,10 +101,18 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     elif ckpt != "none":
-        weights = load_weights(bundle.model, ckpt, use_ema=not args.no_ema)
-    if args.plan and not os.path.isfile(args.plan):
-        print(f"error: plan {args.plan!r} not found (training writes <work_dir>/plan.json)", file=sys.stderr)
-        return 2
+        problems = checkpoint_problems(ckpt) if os.path.isfile(os.path.join(ckpt, "trainer.pt")) else []
+        try:
+            if problems:
+                raise OSError(f"broken checkpoint ({problems[0]})")
+            weights = load_weights(bundle.model, ckpt, use_ema=not args.no_ema)
+        except FileNotFoundError as e:  # its message names the fix
+            print(f"error: --ckpt {ckpt}: {e}", file=sys.stderr)
+            return 2
+        except (OSError, KeyError, RuntimeError) as e:
+            print(f"error: --ckpt {ckpt}: {e}; pass <work_dir>/checkpoints/step_N, --ckpt auto, embedded or none",
+                  file=sys.stderr)
+            return 2
     rflow = tcfg.rflow
     if args.steps:
         rflow = dataclasses.replace(rflow, num_sampling_steps=args.steps)

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     if args.work_dir:
         cfg.work_dir = args.work_dir
 
+    from coredit_video.training.checkpoint import CheckpointError
     from coredit_video.training.config import build_train_config
     from coredit_video.training.trainer import train
 
@@ -53,7 +54,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = train(tcfg, resume=args.resume, stop_after=args.stop_after)
+    sp = tcfg.parallel.sp_size
+    if sp > 1 and "WORLD_SIZE" not in os.environ:
+        print(f"error: parallel.sp_size={sp} needs {sp} processes: launch with `torchrun --nproc_per_node {sp} "
+              f"tools/train.py ...` or pass --cfg-options parallel.sp_size=1", file=sys.stderr)
+        return 2
+    try:
+        summary = train(tcfg, resume=args.resume, stop_after=args.stop_after)
+    except CheckpointError as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         brief = {k: v for k, v in summary.items() if k != "decisions"}
         print(json.dumps(brief, indent=2, default=str))

@@ -79,6 +79,13 @@ def _ordered(results: Sequence[MethodResult]) -> List[MethodResult]:
     return sorted(results, key=lambda r: (not r.reference, not r.is_dense, r.ratio))
 
 
+def delta_label(dense_method: str) -> str:
+    """Label of a Δ row against the dense row of ``dense_method`` ("dense" is not repeated)."""
+    if "dense" in dense_method.lower().replace("-", " ").replace("_", " ").split():
+        return f"Δ vs {dense_method}"
+    return f"Δ vs {dense_method} dense"
+
+
 def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
     """Markdown table (and footnotes) of ``results``; dense first, each pruned row followed by its Δ row."""
     if not results:
@@ -112,7 +119,7 @@ def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
                 else:
                     d = (a - b) * (100.0 if c in PERCENT else 1.0)
                     dc.append(f"{d:+.{DECIMALS[c]}f}")
-            lines.append(f"| Δ vs {ref.method} dense | | " + " | ".join(dc) + " |")
+            lines.append(f"| {delta_label(ref.method)} | | " + " | ".join(dc) + " |")
     if notes:
         lines.append("")
         for reason, n in notes.items():
@@ -131,7 +138,10 @@ def _plt():
     return plt
 
 
-def _grouped_bars(results: Sequence[MethodResult], attr: str, ylabel: str, title: str, path: str) -> Optional[str]:
+def bars_figure(results: Sequence[MethodResult], attr: str, ylabel: str, title: str, empty_note: str = ""):
+    """Grouped bars of the ``attr`` breakdown, one group per key and one bar per row, the legend outside the
+    axes (right) so it never covers a bar; ``None`` when matplotlib is missing or no row has the breakdown.
+    When every value is 0 (or not finite), ``empty_note`` is written in the axes instead of bars."""
     plt = _plt()
     rows = [r for r in _ordered(results) if getattr(r, attr)]
     if plt is None or not rows:
@@ -142,33 +152,44 @@ def _grouped_bars(results: Sequence[MethodResult], attr: str, ylabel: str, title
     n = len(rows)
     width = 0.8 / n
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) + 2), 4.0))
-    for i, r in enumerate(rows):
-        vals = [getattr(r, attr).get(k, float("nan")) for k in keys]
-        vals = [v if math.isfinite(v) else float("nan") for v in vals]
-        xs = [j + (i - (n - 1) / 2) * width for j in range(len(keys))]
-        label = f"{r.method} (dense)" if r.is_dense else f"{r.method} r={r.ratio:g}"
-        ax.bar(xs, vals, width=width, label=label)
+    values = [[getattr(r, attr).get(k, float("nan")) for k in keys] for r in rows]
+    values = [[v if math.isfinite(v) else float("nan") for v in vals] for vals in values]
+    if empty_note and not any(v for vals in values for v in vals if math.isfinite(v)):
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", wrap=True, transform=ax.transAxes)
+        ax.set_yticks([])
+    else:
+        for i, (r, vals) in enumerate(zip(rows, values)):
+            xs = [j + (i - (n - 1) / 2) * width for j in range(len(keys))]
+            label = r.method if r.reference else (f"{r.method} (dense)" if r.is_dense else f"{r.method} r={r.ratio:g}")
+            ax.bar(xs, vals, width=width, label=label)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(keys, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: str) -> Optional[str]:
+    if fig is None:
+        return None
+    plt = _plt()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps the outside legend in the image
     plt.close(fig)
     return path
 
 
 def plot_class_ap(results: Sequence[MethodResult], path: str) -> Optional[str]:
     """Grouped bars of per-class AP; ``None`` when matplotlib is missing or no row has per-class AP."""
-    return _grouped_bars(results, "per_class_ap", "AP", "Per-class AP (nuScenes, mean over distance thresholds)",
-                         path)
+    return _save(bars_figure(results, "per_class_ap", "AP", "Per-class AP (nuScenes, mean over distance thresholds)",
+                             empty_note="every per-class AP is 0: no detection matched a ground-truth box"), path)
 
 
 def plot_camera_psnr(results: Sequence[MethodResult], path: str) -> Optional[str]:
     """Grouped bars of per-camera PSNR; ``None`` when matplotlib is missing or no row has it."""
-    return _grouped_bars(results, "per_camera_psnr", "PSNR (dB)", "Per-camera PSNR", path)
+    return _save(bars_figure(results, "per_camera_psnr", "PSNR (dB)", "Per-camera PSNR"), path)
 
 
 def write_report(results: Sequence[MethodResult], out_dir: str, name: str = "eval", protocol=None,

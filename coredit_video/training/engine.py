@@ -8,6 +8,8 @@ same samples (and the same noise).
 """
 from __future__ import annotations
 
+import importlib
+import os
 from typing import Any, Dict, Optional
 
 import torch.nn as nn
@@ -50,12 +52,30 @@ def deepspeed_config(micro_batch: int, lr: float, grad_accum: int = 1, zero_stag
     return cfg
 
 
+def _quiet_cpu_deepspeed() -> None:
+    """Without CUDA: name DeepSpeed's accelerator (no "unable to detect" warning) and skip the shared-memory
+    all-reduce op that its CPU comm backend JIT-compiles on start (~50 s, silent, needs a C++ compiler):
+    training reduces through torch.distributed (gloo) and never calls it. Idempotent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:  # (`import deepspeed.comm.torch as m` would bind torch itself: the package re-exports it)
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
+    except ImportError:
+        return
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
+
+
 def build_engine(model: nn.Module, ds_config: Dict[str, Any], parameters=None):
     """``deepspeed.initialize`` on an already initialised process group (see ``init_parallel``).
 
     Returns the engine: ``loss = engine(...)``-style use is optional; call ``engine.backward(loss)``
     and ``engine.step()``; ``engine.module`` is the model.
     """
+    _quiet_cpu_deepspeed()
     try:
         import deepspeed
     except ImportError as e:  # pragma: no cover - depends on the environment

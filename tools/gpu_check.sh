@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The first thing to run on a CUDA machine: GPU-only tests, the attention benchmark and the end-to-end
+# step, each under its own time limit, all results (logs, JSON, Markdown) in OUT_DIR.
+#
+#   bash tools/gpu_check.sh OUT_DIR            # at most ~8 min on one H100 / H200
+#   bash tools/gpu_check.sh --dry-run OUT_DIR  # print the commands, run nothing (no GPU needed)
+#
+# Needs torch with CUDA (Triton for the kernel tests) and pytest; nothing else of the project's
+# dependencies (no mmengine, DeepSpeed, xformers or flash-attn). Wheels for anything missing (pytest and
+# its dependencies, say) may be brought in a `.whl/` folder at the repository root (never committed):
+# they are installed offline into /tmp/site. Time limits (seconds) can be changed through the
+# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_E2E, T_E2E_XVIEW. A part
+# that fails or times out is marked so in OUT_DIR/SUMMARY.md and the next one runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+if [ $# -ne 1 ] || [ "${1:0:1}" = "-" ]; then
+  echo "usage: bash tools/gpu_check.sh [--dry-run] OUT_DIR" >&2
+  exit 2
+fi
+OUT=$1
+PY=${PYTHON:-python3}
+# worst case, every part at its limit: 80 + 80 + 2 x 90 + 90 + 40 s = 7.8 min
+T_TESTS=${T_TESTS:-80}
+T_ATTN=${T_ATTN:-80}
+T_ATTN_COMPILE=${T_ATTN_COMPILE:-90}
+T_E2E=${T_E2E:-90}
+T_E2E_XVIEW=${T_E2E_XVIEW:-40}
+
+if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
+  if [ $DRY = 1 ]; then
+    echo "$PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl"
+  else
+    "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || echo "warning: installing .whl/ failed" >&2
+  fi
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ $DRY = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "error: tools/gpu_check.sh needs a CUDA device (torch.cuda.is_available() is False here); run it on a GPU machine, or pass --dry-run to see the commands" >&2
+  exit 2
+fi
+
+ATTN="tools/bench_attention.py --ratios 0.26,0.5 --passes fwd,fwd+bwd --dtype bfloat16 --out $OUT"
+E2E="tools/bench_e2e.py --preset xl --ratio 0.26 --dtype bfloat16 --out $OUT"
+# name | time limit (s) | command
+PARTS=(
+  "tests|$T_TESTS|$PY -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention_backends_cuda.py --junitxml $OUT/tests.xml"
+  "attention_eager|$T_ATTN|$PY $ATTN --resolutions 848x1600,424x800 --tag gpu_eager"
+  "attention_compiled_424x800|$T_ATTN_COMPILE|$PY $ATTN --resolutions 424x800 --compile --no-split --repeats 5 --tag gpu_compiled_424x800"
+  "attention_compiled_848x1600|$T_ATTN_COMPILE|$PY $ATTN --resolutions 848x1600 --compile --no-split --repeats 5 --tag gpu_compiled_848x1600"
+  "e2e|$T_E2E|$PY $E2E --resolution 848x1600 --tag gpu_848x1600 || $PY $E2E --resolution 424x800 --tag gpu_424x800"
+)
+if "$PY" tools/bench_e2e.py --help 2>/dev/null | grep -q -- "--cross-view"; then
+  PARTS+=("e2e_cross_view_kv|$T_E2E_XVIEW|$PY $E2E --resolution 424x800 --cross-view kv --tag gpu_424x800_xview_kv")
+fi
+
+if [ $DRY = 1 ]; then
+  for part in "${PARTS[@]}"; do
+    IFS='|' read -r name limit cmd <<< "$part"
+    echo "[$name] timeout -k 10 $limit bash -c '$cmd' > $OUT/$name.log 2>&1"
+  done
+  exit 0
+fi
+
+mkdir -p "$OUT"
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  git rev-parse HEAD 2>/dev/null
+  nvidia-smi 2>&1 | head -20
+  "$PY" - <<'EOF'
+import importlib, sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "|", torch.cuda.get_device_name(0))
+for m in ("triton", "pytest", "numpy", "tqdm", "flash_attn", "xformers", "mmengine", "deepspeed"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "?"))
+    except Exception as e:
+        print(m, "missing:", type(e).__name__)
+EOF
+} > "$OUT/env.txt" 2>&1
+DEVICE=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+
+SUMMARY="$OUT/SUMMARY.md"
+printf '# GPU check on %s\n\n%s\n\n| part | status | seconds | limit (s) | log |\n|---|---|---|---|---|\n' \
+  "$DEVICE" "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); environment in env.txt." > "$SUMMARY"
+for part in "${PARTS[@]}"; do
+  IFS='|' read -r name limit cmd <<< "$part"
+  echo "== $name (limit ${limit}s): $cmd" >&2
+  t0=$(date +%s)
+  timeout -k 10 "$limit" bash -c "$cmd" > "$OUT/$name.log" 2>&1
+  rc=$?
+  dt=$(( $(date +%s) - t0 ))
+  case $rc in
+    0) status=ok ;;
+    124|137) status="timed out" ;;
+    *) status="failed (exit $rc)" ;;
+  esac
+  echo "   $status after ${dt}s; log $OUT/$name.log" >&2
+  echo "| $name | $status | $dt | $limit | [$name.log]($name.log) |" >> "$SUMMARY"
+done
+{
+  echo
+  echo "Results: attention_gpu_*.md / e2e_gpu_*.md (and .json) beside this file; tests in tests.xml and tests.log."
+  for f in "$OUT"/attention_gpu_*.md "$OUT"/e2e_gpu_*.md; do
+    [ -f "$f" ] && { echo; cat "$f"; }
+  done
+} >> "$SUMMARY"
+echo "wrote $SUMMARY" >&2
