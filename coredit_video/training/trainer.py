@@ -188,7 +188,7 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
             n_late = int(late.sum())
             flops.add(ctrl.ratios, hw, T, x0.shape[0] - n_late)
             flops.add([r * cfg.prune.late_factor for r in ctrl.ratios], hw, T, n_late)
-        ema.update(engine.module)
+        ema.update(engine.module, step)
         decision = end_step(ctrl, schedule)
         ratio_trace.append(schedule.ratios)
         step += 1
