@@ -1,6 +1,7 @@
 """``apply(model, cfg) -> controller`` and ``remove(model)``: explicit, idempotent, undoable patches.
 
-Each prunable attention module gets an instance-level ``forward`` override and a plain-Python
+Each prunable attention module (and, with ``cross_view`` on, the cross-view attention of its block)
+gets an instance-level ``forward`` override and a plain-Python
 ``_coredit`` attribute; nothing is registered as a parameter or buffer, so the host's
 state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
 """
@@ -13,6 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from . import adapters  # noqa: F401  (registers the built-in adapters)
 from .config import PruneConfig
 from .controller import PruningController, sp_size_of
 from .registry import find_adapter
@@ -29,6 +31,11 @@ class _BlockPatch:
 def _patched_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     patch = self.__dict__["_coredit"]
     return patch.controller.run_block(patch.ordinal, self, x)
+
+
+def _patched_cross_view(self: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    patch = self.__dict__["_coredit"]
+    return patch.controller.run_cross_view(patch.ordinal, self, x, cond)
 
 
 def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
@@ -58,6 +65,13 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
     for ordinal, (_, attn) in enumerate(blocks):
         attn.__dict__["_coredit"] = _BlockPatch(controller, ordinal)
         attn.forward = types.MethodType(_patched_forward, attn)
+    if cfg.cross_view != "off":
+        for name, attn, ordinal in adapter.cross_view_blocks(model, controller.names):
+            attn.__dict__["_coredit"] = _BlockPatch(controller, ordinal)
+            attn.forward = types.MethodType(_patched_cross_view, attn)
+            controller.cross_view_names.append(name)
+            controller.cross_view_modules.append(attn)
+            controller.cross_view_ordinals.add(ordinal)
     controller.handles = adapter.attach(model, controller)
     model.__dict__[_CONTROLLER_ATTR] = controller
     return controller
@@ -68,7 +82,7 @@ def remove(model: nn.Module) -> bool:
     controller: Optional[PruningController] = model.__dict__.pop(_CONTROLLER_ATTR, None)
     if controller is None:
         return False
-    for attn in controller.modules:
+    for attn in [*controller.modules, *controller.cross_view_modules]:
         attn.__dict__.pop("forward", None)
         attn.__dict__.pop("_coredit", None)
     for handle in controller.handles:
