@@ -307,7 +307,8 @@ class PruningController:
         kv_counts = [J * c for c in counts]
 
         def attend(q, k, v, q_pruned: bool):
-            return sp_attention(q, k, v, group, attn.scale, backend, attn_dropout(attn), counts if q_pruned else None, kv_counts,
+            q_counts = counts if q_pruned else None
+            return sp_attention(q, k, v, group, attn.scale, backend, attn_dropout(attn), q_counts, kv_counts,
                                 tag="cross_view")
 
         return attend
