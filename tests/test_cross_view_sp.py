@@ -6,7 +6,7 @@ import torch
 import coredit_video as cv
 from coredit_video import get_controller
 from coredit_video.ops import band_budgets
-from tests.dist.common import BANDS, GRIDS, STRIDE, build_host, inputs, loss_of, torchrun
+from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes, torchrun
 
 RATIO = 0.3
 # mode name -> (cross_view, cross_view_select, ratio)
@@ -22,15 +22,7 @@ def patch_cross_view(model, mode: str):
 
 @pytest.fixture(scope="module")
 def reference():
-    out = {}
-    for mode in CROSS_VIEW_MODES:
-        model = build_host()
-        patch_cross_view(model, mode)
-        y = model(**inputs())
-        loss_of(y).backward()
-        out[mode] = dict(out=y.detach(), grads={n: p.grad.clone() for n, p in model.named_parameters()},
-                         model=model)
-    return out
+    return run_modes(CROSS_VIEW_MODES, patch_cross_view)
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -43,14 +35,7 @@ def sp_run(request, tmp_path_factory):
 @pytest.mark.parametrize("mode", list(CROSS_VIEW_MODES))
 def test_sp_matches_single_process(sp_run, reference, mode):
     sp, got = sp_run
-    ref = reference[mode]
-    torch.testing.assert_close(got[mode]["out"], ref["out"], rtol=1e-4, atol=1e-5,
-                               msg=lambda m: f"SP={sp} {mode} output differs from SP=1: {m}")
-    total = torch.stack([g.norm() for g in ref["grads"].values()]).norm()
-    for name, g in ref["grads"].items():
-        err = (got[mode]["grads"][name] - g).norm()
-        assert err <= 1e-4 * g.norm() + 1e-6 * total, (
-            f"SP={sp} {mode}: grad of {name} differs from SP=1 by {err:.2e} (norm {g.norm():.2e})")
+    assert_sp_matches(got[mode], reference[mode], sp, mode)
 
 
 def test_the_modes_differ(reference):
