@@ -31,6 +31,8 @@ class PruneConfig:
         per-block ratio and late-step decay as the block's self-attention.
     cross_view_select: the retained set cross-view uses: ``"self"`` (the one the block's self-attention
         chose; no second scoring) or ``"fresh"`` (a new score of the cross-view input).
+    method: ``coredit`` (the method), or a baseline of the quality study at the same budget:
+        ``random`` selection, ``no_reconstruction``, ``tome`` (token merging); see ``attention.baselines``.
     """
 
     adapter: str = "auto"
@@ -46,6 +48,7 @@ class PruneConfig:
     backend: str = "auto"
     cross_view: str = "off"
     cross_view_select: str = "self"
+    method: str = "coredit"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -69,6 +72,10 @@ class PruneConfig:
         return out
 
     def validate(self) -> None:
+        from .attention.baselines import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 0.0 <= self.max_ratio < 1.0:
             raise ValueError(f"max_ratio must be in [0, 1), got {self.max_ratio}")
         if not 0.0 <= self.late_factor <= 1.0:
@@ -81,6 +88,10 @@ class PruneConfig:
             raise ValueError(f"cross_view must be one of {CROSS_VIEW_MODES}, got {self.cross_view!r}")
         if self.cross_view_select not in CROSS_VIEW_SELECT:
             raise ValueError(f"cross_view_select must be one of {CROSS_VIEW_SELECT}, got {self.cross_view_select!r}")
+        if self.cross_view != "off" and self.method != "coredit":
+            raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set "
+                             f"method='coredit' or cross_view='off' (the {self.method!r} baseline prunes "
+                             "self-attention only)")
         if self.bands is not None and (not isinstance(self.bands, int) or self.bands < 1):
             raise ValueError(f"bands must be None or an int >= 1, got {self.bands!r}")
         if not self.grids:

@@ -270,12 +270,15 @@ class PruningController:
                 call.ctx.retained[ordinal] = sel
         attend = None
         if P > 1:
+            if self.cfg.method == "tome":
+                raise ValueError("prune.method='tome' (the token-merging baseline) runs without sequence "
+                                 "parallelism; set parallel.sp_size=1")
             group, backend, counts = self.sp_group, self.cfg.backend, call.counts
             attend = lambda a, t: sp_self_attention(a, t, group, counts, backend)  # noqa: E731
         return pruned_self_attention(
             attn, x, call.hw, call.ratio, call.layout, call.bands, self.cfg.backend, attend=attend,
             on_scores=self._scores_hook(ordinal, call.hw, call.layout, call.bands, P), on_select=on_select,
-            budgets=call.budgets,
+            budgets=call.budgets, method=self.cfg.method,
         )
 
     def run_cross_view(self, ordinal: int, attn: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -187,3 +187,5 @@ def test_config_rejects_unknown_modes():
         cv.PruneConfig.build(cross_view="q")
     with pytest.raises(ValueError, match="cross_view_select must be one of"):
         cv.PruneConfig.build(cross_view_select="second")
+    with pytest.raises(ValueError, match="set method='coredit' or cross_view='off'"):
+        cv.PruneConfig.build(cross_view="kv", method="random")

@@ -5,7 +5,8 @@ is imported as it is. What it imports and CPU torch cannot have (timm, colossala
 stand-ins in ``tests/magicdrive_stubs`` (see its README), put on ``sys.path`` / ``sys.modules`` only while
 these tests run. Real packages needed: einops, rotary-embedding-torch, transformers, mmengine.
 
-Without the variable, or with a checkout that does not import, every test here is skipped with the reason.
+Without the variable, or with no checkout where it points, every test here is skipped with the reason; a
+checkout that is there but does not import (or lacks a package) fails them.
 """
 import importlib
 import importlib.util
@@ -38,15 +39,20 @@ SPATIAL = ["base_blocks_s.0.attn", "base_blocks_s.1.attn", "control_blocks_s.0.a
 
 # ---------------------------------------------------------------------------------------------------- loading
 def _skip_reason():
+    """Why these tests cannot run here: no checkout. A checkout without the packages it needs is an error."""
     root = os.environ.get(ENV)
     if not root:
         return f"{ENV} is not set; point it at a flymin/MagicDrive-V2 checkout (commit 4ed72c6) to run these tests"
     if not (Path(root) / MODEL_FILE).is_file():
-        return f"{ENV}={root} is not a usable MagicDrive-V2 checkout: {MODEL_FILE} is missing"
+        return f"{ENV}={root} holds no MagicDrive-V2 checkout ({MODEL_FILE} is missing)"
+    return None
+
+
+def _missing_packages():
     missing = [pip for name, pip in REAL_PACKAGES.items() if importlib.util.find_spec(name) is None]
     if missing:
         return (f"MagicDrive-V2's model needs {', '.join(missing)}: "
-                f"pip install -c .ci/constraints.txt {' '.join(missing)}")
+                f"pip install -c .ci/constraints.txt -r .ci/magicdrive.txt")
     return None
 
 
@@ -82,14 +88,14 @@ def md():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    missing = _missing_packages()
+    if missing:
+        pytest.fail(missing, pytrace=False)
     saved_path, saved_modules = list(sys.path), set(sys.modules)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead on shared CPU cores
     try:
-        try:
-            model_mod, ckpt_mod = _load(os.environ[ENV])
-        except Exception as exc:  # an unusable checkout or environment: say why and skip
-            pytest.skip(f"cannot import MagicDrive-V2 from {ENV}={os.environ[ENV]}: {type(exc).__name__}: {exc}")
+        model_mod, ckpt_mod = _load(os.environ[ENV])  # a checkout that does not import is a failure
         yield types.SimpleNamespace(mod=model_mod, set_grad_checkpoint=ckpt_mod.set_grad_checkpoint)
     finally:
         torch.set_num_threads(threads)
@@ -229,7 +235,7 @@ def test_ratio_zero_matches_and_remove_restores(md):
     cv.apply(model, dict(CFG, ratios=0.0, backend="math"))  # MagicDrive-V2's own float32 softmax path
     assert torch.equal(forward(model, args), ref)
     ctrl = cv.apply(model, dict(CFG, ratios=0.0))  # torch SDPA: the same up to rounding
-    torch.testing.assert_close(forward(model, args), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(forward(model, args), ref, rtol=1e-5, atol=1e-5)
     assert ctrl.hw == (6, 7)  # learned from x's width and the spatial blocks' S
     assert cv.remove(model) is True and cv.remove(model) is False
     assert torch.equal(forward(model, args), ref)

@@ -13,6 +13,8 @@ import copy
 import importlib
 import json
 import os
+import pickle
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -24,6 +26,7 @@ import coredit_video as cv
 from tests.test_magicdrive_adapter import CAPTION, CFG, ENV, FRAMES, SPATIAL, TOKENS, build, inputs
 from tests.test_magicdrive_adapter import md  # noqa: F401  (the module fixture: checkout + stand-ins)
 
+INTEGRATION = "coredit_video.integrations.magicdrive"
 STEPS, LATE_STEPS = 6, 2
 # MagicDrive-V2's stage-3 scheduler (cog_style_trans: its transform for CogVAE clips; 9 frames -> 3)
 HOST_SCHED = dict(use_timestep_transform=True, cog_style_trans=True, sample_method="logit-normal",
@@ -38,19 +41,18 @@ def rf(md):  # noqa: F811
         datasets.__path__ = [str(Path(os.environ[ENV]).resolve() / "magicdrivedit" / "datasets")]
         datasets.IMG_FPS = 120  # magicdrivedit/datasets/utils.py
         sys.modules["magicdrivedit.datasets"] = datasets
-    try:
-        registry = importlib.import_module("magicdrivedit.registry")
-        rf_mod = importlib.import_module("magicdrivedit.schedulers.rf")
-        flow = importlib.import_module("magicdrivedit.schedulers.rf.rectified_flow")
-        infer = importlib.import_module("magicdrivedit.utils.inference_utils")
-    except Exception as exc:  # an unusable checkout or environment: say why and skip
-        pytest.skip(f"cannot import MagicDrive-V2's schedulers: {type(exc).__name__}: {exc}")
-    from coredit_video.integrations.magicdrive import register
-
-    cls = register()
-    return types.SimpleNamespace(cls=cls, build_module=registry.build_module, SCHEDULERS=registry.SCHEDULERS,
-                                 RFLOW=rf_mod.RFLOW, timestep_transform=flow.timestep_transform,
-                                 add_null_condition=infer.add_null_condition)
+    registry = importlib.import_module("magicdrivedit.registry")  # the checkout is there (md): no skip
+    rf_mod = importlib.import_module("magicdrivedit.schedulers.rf")
+    flow = importlib.import_module("magicdrivedit.schedulers.rf.rectified_flow")
+    infer = importlib.import_module("magicdrivedit.utils.inference_utils")
+    sys.modules.pop(INTEGRATION, None)  # binds MagicDrive-V2's RFLOW when imported: import it against this one
+    integration = importlib.import_module(INTEGRATION)
+    cls = integration.register()
+    assert cls is integration.CoReDiTRFLOW and issubclass(cls, rf_mod.RFLOW)
+    yield types.SimpleNamespace(cls=cls, build_module=registry.build_module, SCHEDULERS=registry.SCHEDULERS,
+                                RFLOW=rf_mod.RFLOW, timestep_transform=flow.timestep_transform,
+                                add_null_condition=infer.add_null_condition)
+    sys.modules.pop(INTEGRATION, None)  # md unloads this checkout's modules next
 
 
 def coredit(rf, state_dir, ratios=0.0, schedule=None, **over):
@@ -285,3 +287,26 @@ def test_distillation_adds_to_the_plain_loss(md, rf, tmp_path):  # noqa: F811
         ori = losses(distill)
     assert torch.all(d2 - no_attn > 0) and torch.all(no_attn - ori > 0)  # L_attn, L_pred each add
     torch.testing.assert_close(ori, p2.detach(), rtol=1e-6, atol=1e-7)  # L_ori is MagicDrive-V2's masked loss
+
+
+# ---------------------------------------------------------------------------------------------------- the class
+def test_scheduler_class_is_importable_and_picklable(rf, tmp_path):
+    assert pickle.loads(pickle.dumps(rf.cls)) is rf.cls  # a module-level class, found by its name
+    # MagicDrive-V2's own RFLOW pickles with uniform training times (logit-normal keeps a lambda)
+    sched = coredit(rf, tmp_path, distill=dict(enabled=True, alpha=0.3), sample_method="uniform")
+    back = pickle.loads(pickle.dumps(sched))
+    assert type(back) is rf.cls and back.prune_cfg == sched.prune_cfg and back.distill_cfg == sched.distill_cfg
+    assert back.schedule_cfg == sched.schedule_cfg and back.num_sampling_steps == STEPS
+
+
+def test_without_magicdrive_the_import_works_and_use_names_the_fix():
+    """No checkout needed: a process where ``magicdrivedit`` cannot be imported (blocked even if installed)."""
+    code = ("import sys\nsys.modules['magicdrivedit'] = None\nimport coredit_video.integrations.magicdrive as m\n"
+            "for use in (m.register, m.CoReDiTRFLOW):\n"
+            "    try:\n        use()\n    except ImportError as e:\n        print('ERR', e)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", ENV)}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = [line for line in proc.stdout.splitlines() if line.startswith("ERR")]
+    assert len(errs) == 2 and all("magicdrivedit" in e and "PYTHONPATH" in e for e in errs), proc.stdout

@@ -42,17 +42,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="report folder (default: <first folder>/../eval)")
     ap.add_argument("--lpips-weights", default=None)
     ap.add_argument("--i3d-weights", default=None)
+    ap.add_argument("--fidelity-to", default=None, metavar="NAME",
+                    help="method name of the dense run: every other run also gets fidelity_PSNR / fidelity_SSIM "
+                         "against its generations (same noise and conditions); default 'dense' when present")
+    ap.add_argument("--references", nargs="*", default=[], metavar="NAME",
+                    help="method names of reference rows (e.g. gt_codec pretrained): listed first, no Δ row")
     args = ap.parse_args(argv)
 
     from coredit_video.evaluation.pipeline import evaluate_run
-    from coredit_video.evaluation.protocol import w_coda
+    from coredit_video.evaluation.protocol import protocol_from_config
     from coredit_video.evaluation.report import markdown_table, write_report
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(cfg.get("protocol", {})).items()}
-    protocol = w_coda(**overrides)
+    protocol = protocol_from_config(cfg)
     names = args.names or [os.path.basename(os.path.normpath(v)) for v in args.videos]
     ratios = args.ratios or ["auto"] * len(args.videos)
     if len(names) != len(args.videos) or len(ratios) != len(args.videos):
@@ -60,6 +64,12 @@ def main(argv=None) -> int:
     for v in args.videos:
         if not os.path.isdir(os.path.join(v, "gen_video")):
             ap.error(f"{v} has no gen_video/ folder (MagicDrive-V2 test layout); generate with tools/generate.py")
+    unknown = sorted(set(args.references) - set(names))
+    if unknown or (args.fidelity_to and args.fidelity_to not in names):
+        ap.error(f"--references / --fidelity-to name methods that are not in --names {names}: "
+                 f"{unknown or [args.fidelity_to]}")
+    fid_name = args.fidelity_to or ("dense" if "dense" in names else None)
+    fidelity_to = args.videos[names.index(fid_name)] if fid_name else None
     perception = dict(cfg.get("perception", {"type": "synthetic"}))
     kind = perception.pop("type")
     dataset = runner = nusc = info = None
@@ -97,7 +107,7 @@ def main(argv=None) -> int:
                     ratio = json.load(f).get("mean_ratio", 0.0)
         res = evaluate_run(name, float(ratio), folder, protocol, dataset=dataset, perception=kind,
                            lpips_weights=args.lpips_weights, runner=runner, nusc=nusc,
-                           info_path=info)
+                           info_path=info, fidelity_to=fidelity_to, reference=name in args.references)
         if args.i3d_weights is None:
             res.skipped["FVD"] = "no I3D weights given (--i3d-weights); FVD skipped"
         results.append(res)

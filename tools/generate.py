@@ -31,10 +31,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
-    ap.add_argument("--ckpt", default="auto", help="'auto', a checkpoint directory, or 'none' (random weights)")
+    ap.add_argument("--ckpt", default="auto", help="'auto', a checkpoint directory, 'embedded' (the shipped "
+                    "pre-trained host) or 'none' (random weights)")
     mode = ap.add_mutually_exclusive_group(required=True)  # (MagicDrive-V2 configs: only the config)
     mode.add_argument("--plan", help="pruning plan JSON (from training): generate pruned")
     mode.add_argument("--dense", action="store_true", help="generate with the dense model")
+    mode.add_argument("--codec-reference", action="store_true",
+                      help="no model: write the ground truth through the codec as the generations (the upper bound)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--gens", type=int, default=1, help="generations per sample (_gen0, _gen1, ...)")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gt", action="store_true", help="do not write gt_video/")
     args = ap.parse_args(argv)
 
-    from coredit_video.generation import generate, load_weights
+    from coredit_video.generation import generate, load_weights, write_codec_reference
     from coredit_video.training.checkpoint import list_checkpoints, checkpoint_dir
     from coredit_video.training.config import build_train_config
     from coredit_video.training.hosts import build_host_bundle, held_out_data
@@ -55,6 +58,9 @@ def main(argv=None) -> int:
         cfg.merge_from_dict(args.cfg_options)
     tcfg = build_train_config(cfg)
     bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, args.num_samples, args.seed_offset), tcfg.seed)
+    if args.codec_reference:
+        print(json.dumps(write_codec_reference(bundle, args.out, bundle.codec, write_gt=not args.no_gt), indent=2))
+        return 0
     ckpt = args.ckpt
     if ckpt == "auto":
         found = list_checkpoints(checkpoint_dir(tcfg.work_dir))
@@ -64,7 +70,15 @@ def main(argv=None) -> int:
             return 2
         ckpt = found[-1][1]
     weights = "random"
-    if ckpt != "none":
+    if ckpt == "embedded" or ckpt.endswith(".pt"):
+        from coredit_video.models.shipped import ShippedWeightsError, load_host_weights
+
+        try:
+            weights = load_host_weights(bundle.model, ckpt)
+        except ShippedWeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    elif ckpt != "none":
         weights = load_weights(bundle.model, ckpt, use_ema=not args.no_ema)
     if args.plan and not os.path.isfile(args.plan):
         print(f"error: plan {args.plan!r} not found (training writes <work_dir>/plan.json)", file=sys.stderr)

@@ -68,6 +68,26 @@ def video_metrics(videos_dir: str, protocol: EvalProtocol, lpips_weights: Option
     return out
 
 
+def fidelity_metrics(videos_dir: str, dense_dir: str, protocol: EvalProtocol) -> Dict[str, float]:
+    """PSNR / SSIM of each generation against the dense run's generation of the same sample and index
+    (same noise and conditions): how closely a pruned model reproduces its dense counterpart."""
+    gens = find_clips(os.path.join(videos_dir, "gen_video"), protocol.cameras)
+    dense = find_clips(os.path.join(dense_dir, "gen_video"), protocol.cameras)
+    ks = sorted({k for g in gens.values() for k in g if k >= 0})
+    per_gen = []
+    for k in ks:
+        pairs = {tok: (g[k], dense[tok][k]) for tok, g in gens.items() if k in g and k in dense.get(tok, {})}
+        if pairs:
+            per_gen.append(compare_video_sets({t: a for t, (a, _) in pairs.items()},
+                                              {t: b for t, (_, b) in pairs.items()}, protocol))
+    if not per_gen:
+        raise FileNotFoundError(f"no generation in {videos_dir}/gen_video has a dense counterpart in "
+                                f"{dense_dir}/gen_video (same tokens and _gen index); generate both with the same "
+                                "data and seed")
+    return {"fidelity_PSNR": float(np.mean([g["psnr"] for g in per_gen])),
+            "fidelity_SSIM": float(np.mean([g["ssim"] for g in per_gen]))}
+
+
 def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtocol, progress: bool = True,
                                  perception=None, nusc=None) -> Dict[str, Any]:
     """mAP / NDS (nuScenes DetectionEval) and BEV mIoU of the built-in perception on every generation.
@@ -129,14 +149,22 @@ def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtoco
 
 def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtocol, dataset=None,
                  perception: str = "synthetic", lpips_weights: Optional[str] = None, runner=None,
-                 nusc=None, info_path: Optional[str] = None, work_dir: Optional[str] = None) -> MethodResult:
-    """All metrics of one videos folder as a report row."""
+                 nusc=None, info_path: Optional[str] = None, work_dir: Optional[str] = None,
+                 fidelity_to: Optional[str] = None, reference: bool = False) -> MethodResult:
+    """All metrics of one videos folder as a report row; ``fidelity_to``: the dense run's videos folder
+    (fidelity columns); ``reference``: a reference row (ground truth through the codec, the pre-trained host)."""
     skipped: Dict[str, str] = {}
     metrics: Dict[str, Optional[float]] = {}
     vm = video_metrics(videos_dir, protocol, lpips_weights)
     metrics.update(PSNR=vm["psnr"], SSIM=vm["ssim"], LPIPS=vm.get("lpips"))
     skipped.update(vm["skipped"])
     skipped["FVD"] = "no I3D weights given (--i3d-weights)"
+    if fidelity_to is not None and not reference and os.path.abspath(fidelity_to) != os.path.abspath(videos_dir):
+        metrics.update(fidelity_metrics(videos_dir, fidelity_to, protocol))
+    else:
+        why = ("a reference row" if reference else "the dense run itself") if fidelity_to is not None else \
+            "no dense run to compare with"
+        skipped.update(fidelity_PSNR=why, fidelity_SSIM=why)
     per_class_ap: Dict[str, float] = {}
     per_class_iou: Dict[str, float] = {}
     if perception == "synthetic":
@@ -164,4 +192,4 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
     else:
         raise ValueError(f"perception must be 'synthetic' or 'bevformer', got {perception!r}")
     return MethodResult(method=name, ratio=ratio, metrics=metrics, skipped=skipped, per_class_ap=per_class_ap,
-                        per_camera_psnr=vm["per_camera_psnr"], per_class_iou=per_class_iou)
+                        per_camera_psnr=vm["per_camera_psnr"], per_class_iou=per_class_iou, reference=reference)

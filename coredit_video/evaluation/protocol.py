@@ -322,3 +322,14 @@ class EvalProtocol:
 def w_coda(**overrides) -> EvalProtocol:
     """The default protocol (W-CODA 2024 Track 2 on MagicDrive-V2's 848x1600 videos); keys can be overridden."""
     return EvalProtocol.from_dict(overrides, base=EvalProtocol()) if overrides else EvalProtocol()
+
+
+def protocol_from_config(cfg) -> EvalProtocol:
+    """The W-CODA protocol with an evaluation config's ``protocol`` overrides (an mmengine ``Config``, a dict,
+    or a config file path)."""
+    if isinstance(cfg, str):
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(cfg)
+    overrides = dict(cfg.get("protocol", None) or {})
+    return w_coda(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})

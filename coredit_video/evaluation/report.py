@@ -1,8 +1,10 @@
 """Reports: JSON, a Markdown table shaped like the paper's Table 4, and PNG plots.
 
-Table columns: method, ratio, mAP, NDS, mIoU, PSNR, SSIM, LPIPS, FVD. mAP / NDS / mIoU are shown in percent
-(stored as fractions in the JSON). A dense row (ratio 0) is listed first and every pruned row is followed by a
-``Δ`` row against it. A metric that was not computed is '-' with a numbered footnote giving the reason.
+Table columns: method, ratio, mAP, NDS, mIoU, PSNR, SSIM, LPIPS, FVD, and the fidelity of a pruned
+generation to the dense one from the same noise and conditions (fidelity_PSNR, fidelity_SSIM). mAP / NDS /
+mIoU are shown in percent (stored as fractions in the JSON). Reference rows (ground truth through the codec,
+the pre-trained host) come first, then the dense row (ratio 0); every pruned row is followed by a ``Δ`` row
+against the dense row. A metric that was not computed is '-' with a numbered footnote giving the reason.
 """
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-COLUMNS = ("mAP", "NDS", "mIoU", "PSNR", "SSIM", "LPIPS", "FVD")
+COLUMNS = ("mAP", "NDS", "mIoU", "PSNR", "SSIM", "LPIPS", "FVD", "fidelity_PSNR", "fidelity_SSIM")
 PERCENT = ("mAP", "NDS", "mIoU")
-DECIMALS = {"mAP": 2, "NDS": 2, "mIoU": 2, "PSNR": 2, "SSIM": 4, "LPIPS": 4, "FVD": 2}
+DECIMALS = {"mAP": 2, "NDS": 2, "mIoU": 2, "PSNR": 2, "SSIM": 4, "LPIPS": 4, "FVD": 2, "fidelity_PSNR": 2,
+            "fidelity_SSIM": 4}
 HIGHER_IS_BETTER = {"mAP": True, "NDS": True, "mIoU": True, "PSNR": True, "SSIM": True, "LPIPS": False,
-                    "FVD": False}
+                    "FVD": False, "fidelity_PSNR": True, "fidelity_SSIM": True}
 
 
 @dataclass
@@ -36,6 +39,7 @@ class MethodResult:
     per_camera_psnr: Dict[str, float] = field(default_factory=dict)
     per_class_iou: Dict[str, float] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
+    reference: bool = False  # a reference row (ground truth through the codec, the pre-trained host)
 
     def __post_init__(self):
         unknown = sorted(set(self.metrics) - set(COLUMNS))
@@ -50,7 +54,7 @@ class MethodResult:
 
     @property
     def is_dense(self) -> bool:
-        return self.ratio == 0
+        return self.ratio == 0 and not self.reference
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -61,7 +65,7 @@ class MethodResult:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> MethodResult:
         return cls(**{k: d[k] for k in ("method", "ratio", "metrics", "skipped", "per_class_ap", "per_camera_psnr",
-                                        "per_class_iou", "extra") if k in d})
+                                        "per_class_iou", "extra", "reference") if k in d})
 
 
 def _fmt(col: str, v: float) -> str:
@@ -72,7 +76,7 @@ def _fmt(col: str, v: float) -> str:
 
 
 def _ordered(results: Sequence[MethodResult]) -> List[MethodResult]:
-    return sorted(results, key=lambda r: (not r.is_dense, r.ratio))
+    return sorted(results, key=lambda r: (not r.reference, not r.is_dense, r.ratio))
 
 
 def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
@@ -96,10 +100,10 @@ def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
                 cells.append(f"-[^{n}]")
             else:
                 cells.append(_fmt(c, v))
-        ratio = "0 (dense)" if r.is_dense else f"{r.ratio:g}"
+        ratio = "reference" if r.reference else ("0 (dense)" if r.is_dense else f"{r.ratio:g}")
         lines.append(f"| {r.method} | {ratio} | " + " | ".join(cells) + " |")
         ref = dense.get(r.method, any_dense)
-        if deltas and not r.is_dense and ref is not None:
+        if deltas and not r.is_dense and not r.reference and ref is not None:
             dc = []
             for c in COLUMNS:
                 a, b = r.value(c), ref.value(c)

@@ -17,7 +17,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def deepspeed_config(micro_batch: int, lr: float, grad_accum: int = 1, zero_stage: int = 2,
                      precision: str = "fp32", betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                     grad_clip: Optional[float] = None, warmup_steps: int = 0, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     grad_clip: Optional[float] = None, warmup_steps: int = 0,
+                     extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The DeepSpeed JSON config for AdamW under ZeRO ``zero_stage``; ``extra`` is merged last."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -2,22 +2,25 @@
 
 ``L = L_ori + alpha * L_pred + beta * L_attn`` (paper sec. 4.1): ``L_ori`` is MagicDrive-V2's
 velocity MSE, ``L_pred`` the MSE to a frozen dense teacher's velocity, ``L_attn`` the MSE between
-student and teacher outputs of the most recently pruned block's self-attention.
+student and teacher outputs of the most recently pruned block's self-attention. Each term is a
+per-sample mean (as MagicDrive-V2's own loss), then averaged over the batch.
 
 Samples whose time lies in the sampler's last ``late_steps`` steps run with ``c * r_l`` (the
 controller's "late" phase), the rest with ``r_l``: the batch is split in two groups, each one
-forward with one static shape per block, exactly the two graphs inference uses.
+forward with one static shape per block, exactly the two graphs inference uses. The split, the
+row slicing and the distillation terms are :mod:`.step`'s, the same ones MagicDrive-V2's
+``coredit_rflow`` scheduler uses.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..rflow import RFlowConfig, add_noise
+from .step import BlockCapture, distill_terms, per_sample_mse, run_phases, take_rows
 
 Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor, Dict], torch.Tensor]
 
@@ -31,34 +34,6 @@ class DistillConfig:
     def __post_init__(self):
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"distill.alpha and distill.beta must be >= 0, got {self.alpha}, {self.beta}")
-
-
-def take(batch: Dict, idx: torch.Tensor) -> Dict:
-    """Rows ``idx`` of every tensor (and list) in a batch dict."""
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v) and v.dim() > 0:
-            out[k] = v[idx.to(v.device)]
-        elif isinstance(v, list):
-            out[k] = [v[i] for i in idx.tolist()]
-        else:
-            out[k] = v
-    return out
-
-
-class _Capture:
-    """Forward hook keeping one module's outputs, in call order."""
-
-    def __init__(self, module: Optional[nn.Module]):
-        self.outputs: List[torch.Tensor] = []
-        self.handle = module.register_forward_hook(self._hook) if module is not None else None
-
-    def _hook(self, module, args, out):
-        self.outputs.append(out)
-
-    def close(self):
-        if self.handle is not None:
-            self.handle.remove()
 
 
 def flow_loss(
@@ -84,35 +59,24 @@ def flow_loss(
     x_t = add_noise(x0, noise, t, rflow)
     target = x0 - noise
     use_teacher = distill.enabled and teacher is not None
-    cap_s = _Capture(model.get_submodule(attn_block) if use_teacher and attn_block else None)
-    cap_t = _Capture(teacher.get_submodule(attn_block) if use_teacher and attn_block else None)
-    preds, teach, order = [], [], []
-    try:
-        for phase, idx in (("main", (~late).nonzero().flatten()), ("late", late.nonzero().flatten())):
-            if idx.numel() == 0:
-                continue
-            if controller is not None:
-                controller.set_phase(phase)
-            sub = take(batch, idx)
-            preds.append(forward(model, x_t[idx], t[idx], sub))
+    B = x0.shape[0]
+
+    def group(phase: str, idx: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        xt, tt, sub = take_rows(x_t, idx, B), take_rows(t, idx, B), take_rows(batch, idx, B)
+        with BlockCapture(model, teacher if use_teacher else None, attn_block) as cap:
+            v = forward(model, xt, tt, sub)
+            terms = dict(ori=per_sample_mse(v, take_rows(target, idx, B)))
             if use_teacher:
                 with torch.no_grad():
-                    teach.append(forward(teacher, x_t[idx], t[idx], sub))
-            order.append(idx)
-    finally:
-        cap_s.close()
-        cap_t.close()
-        if controller is not None:
-            controller.set_phase("main")
-    perm = torch.cat(order)
-    v = torch.cat(preds)
-    loss_ori = F.mse_loss(v.float(), target[perm].float())
+                    v_t = forward(teacher, xt, tt, sub)
+        if use_teacher:
+            terms.update(distill_terms(v, v_t, cap))
+        return terms
+
+    per = run_phases(controller, late, group)
+    loss_ori = per["ori"].mean()
     zero = loss_ori.new_zeros(())
-    loss_pred = F.mse_loss(v.float(), torch.cat(teach).float()) if use_teacher else zero
-    if use_teacher and cap_s.outputs:
-        loss_attn = sum(F.mse_loss(a.float(), b.float().detach(), reduction="sum")
-                        for a, b in zip(cap_s.outputs, cap_t.outputs)) / sum(a.numel() for a in cap_s.outputs)
-    else:
-        loss_attn = zero
+    loss_pred = per["pred"].mean() if use_teacher else zero
+    loss_attn = per["attn"].mean() if use_teacher else zero
     loss = loss_ori + (distill.alpha * loss_pred + distill.beta * loss_attn if use_teacher else 0.0)
     return dict(loss=loss, loss_ori=loss_ori.detach(), loss_pred=loss_pred.detach(), loss_attn=loss_attn.detach())

@@ -6,7 +6,6 @@ replays exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -28,6 +27,7 @@ from .ema import EMA
 from .engine import build_engine, deepspeed_config
 from .hosts import build_host_bundle
 from .losses import flow_loss
+from .step import begin_step, end_step, last_pruned_block, make_teacher
 
 log = logging.getLogger("coredit.train")
 
@@ -114,13 +114,15 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     tc = cfg.train
     bundle = build_host_bundle(cfg.model, cfg.data, cfg.seed)
     model = bundle.model.to(st.device)
+    if tc.init_from:  # before the teacher copy and the EMA: both start from these weights
+        from ..models.shipped import load_host_weights
+
+        log.info("initial weights: %s", load_host_weights(model, tc.init_from))
     if hasattr(model, "set_sequence_parallel"):
         model.set_sequence_parallel(st.sp_group)
     if tc.grad_checkpoint and hasattr(model, "config"):
         model.config = dataclasses.replace(model.config, grad_checkpoint=True)
-    teacher = None
-    if cfg.distill.enabled:  # a frozen dense copy, made before pruning is applied
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    teacher = make_teacher(model) if cfg.distill.enabled else None
     ctrl = apply_pruning(model, cfg.prune)
     schedule = ProgressiveSchedule(cfg.schedule, ctrl.names, ctrl.ratios)
     ctrl.set_ratios(schedule.ratios)
@@ -159,9 +161,8 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     ran = 0
     t_start = time.time()
     while step < tc.steps:
-        ctrl.collect_stats(None if schedule.state.done else cfg.schedule.delta_ratio)
-        last = schedule.state.last_pruned
-        attn_block = ctrl.names[last] if last is not None else None
+        begin_step(ctrl, schedule)
+        attn_block = last_pruned_block(ctrl, schedule)
         terms_sum: Dict[str, float] = {}
         for micro in range(tc.grad_accum):
             pos = step * per_step + micro * tc.micro_batch * st.dp_size + st.dp_rank * tc.micro_batch
@@ -188,13 +189,11 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
             flops.add(ctrl.ratios, hw, T, x0.shape[0] - n_late)
             flops.add([r * cfg.prune.late_factor for r in ctrl.ratios], hw, T, n_late)
         ema.update(engine.module)
-        schedule.observe(ctrl.pop_stats())
-        decision = schedule.step()
+        decision = end_step(ctrl, schedule)
         ratio_trace.append(schedule.ratios)
         step += 1
         ran += 1
         if decision is not None:
-            ctrl.set_ratios(schedule.ratios)
             log.info("step %d: raise %s to r=%.3f (redundancy %.4g); mean ratio %.4f; FLOPs saved so far %.2f%%",
                      step, decision.name, decision.ratio, decision.redundancy, decision.mean_ratio,
                      100 * flops.fraction)

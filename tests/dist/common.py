@@ -46,19 +46,21 @@ def loss_of(out: torch.Tensor) -> torch.Tensor:
     return (out * w).sum()
 
 
-def run_modes(modes, patch_fn, st=None) -> dict:
-    """One forward and backward of the host per mode (``patch_fn(model, mode)``), at SP = ``st.sp_size`` when
-    ``st`` is given (gradients averaged over the world, all-to-all elements per tag summed) else in-process."""
+def run_modes(modes, patch_fn, st=None, build=None, make_inputs=None) -> dict:
+    """One forward and backward of ``build()`` (default :func:`build_host`) on ``make_inputs()`` (default
+    :func:`inputs`) per mode, patched by ``patch_fn(model, mode)``; at SP = ``st.sp_size`` when ``st`` is given
+    (gradients averaged over the world, all-to-all elements per tag summed over ranks), else in-process."""
     from coredit_video.parallel import measure_comm
 
+    build, make_inputs = build or build_host, make_inputs or inputs
     out = {}
     for mode in modes:
-        model = build_host()
+        model = build()
         if st is not None:
             model.set_sequence_parallel(st.sp_group)
         patch_fn(model, mode)
         with measure_comm() as fwd:
-            y = model(**inputs())
+            y = model(**make_inputs())
         with measure_comm() as bwd:
             loss_of(y).backward()
         grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}

@@ -1,0 +1,91 @@
+"""Token-reduction baselines the quality study compares CoReDiT with (``prune.method``).
+
+- ``random``: the same per-band budgets and forced m-stride tokens as CoReDiT, but the skipped tokens
+  are drawn at random instead of by coherence (:func:`random_scores` replaces the scores).
+- ``no_reconstruction``: CoReDiT's selection; skipped tokens get a zero attention output, so the
+  block's residual passes them through unchanged (:func:`scatter_rows`).
+- ``tome``: token merging after ToMe / tomesd (bipartite soft matching): one destination token per
+  2x2 cell, every other token a source; the ``K`` sources most similar (cosine) to their best
+  destination are averaged into it before attention and copy its output after
+  (:func:`bipartite_merge`). ``K`` is CoReDiT's budget, so both attend over ``N - K`` tokens.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Tuple
+
+import torch
+
+METHODS = ("coredit", "random", "no_reconstruction", "tome")
+
+
+def random_scores(x: torch.Tensor, ordinal: int) -> torch.Tensor:
+    """Uniform ``[F, N]`` scores, a deterministic function of the block and of ``x [F, N, C]`` (so a
+    gradient-checkpoint recompute draws the same tokens) and different for every input."""
+    probe = x.detach()[:, :, 0].float().cpu().numpy().tobytes()
+    g = torch.Generator().manual_seed(zlib.crc32(probe) * 131 + int(ordinal))
+    return torch.rand(x.shape[:2], generator=g).to(x.device)
+
+
+def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
+    Fr, _, C = y_keep.shape
+    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
+    out = y_keep.new_zeros(Fr * n, C)
+    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)
+
+
+def destination_mask(hw: Tuple[int, int], device=None) -> torch.Tensor:
+    """``[N]`` bool: the top-left token of every 2x2 cell of the ``H x W`` grid (ToMe's set B)."""
+    H, W = hw
+    r = torch.arange(H, device=device).view(H, 1)
+    c = torch.arange(W, device=device).view(1, W)
+    return ((r % 2 == 0) & (c % 2 == 0)).reshape(-1)
+
+
+def bipartite_merge(x: torch.Tensor, hw: Tuple[int, int], k: int
+                    ) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Merge ``k`` tokens of each frame ``x [F, N, C]`` -> ``([F, N - k, C], unmerge)``.
+
+    ``unmerge(y [F, N - k, C]) -> [F, N, C]``: every token gets the output of the token it became.
+    """
+    Fr, N, C = x.shape
+    dst_mask = destination_mask(hw, x.device)
+    dst_idx = dst_mask.nonzero().squeeze(1)  # [Nd]
+    src_idx = (~dst_mask).nonzero().squeeze(1)  # [Ns]
+    Nd, Ns = dst_idx.numel(), src_idx.numel()
+    if not 0 <= k <= Ns:
+        raise ValueError(f"token merging can merge at most {Ns} of {N} tokens (the non-destination ones), asked {k}")
+    with torch.no_grad():
+        xn = x.detach().float()
+        xn = xn / xn.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        sim = xn[:, src_idx] @ xn[:, dst_idx].transpose(1, 2)  # [F, Ns, Nd]
+        best_sim, best_dst = sim.max(dim=-1)  # [F, Ns]
+        order = best_sim.argsort(dim=-1, descending=True, stable=True)
+        merged_src = order[:, :k]  # positions in src_idx
+        kept_src = order[:, k:].sort(dim=-1).values
+    frame = torch.arange(Fr, device=x.device).view(Fr, 1)
+    src_tok = x[:, src_idx]  # [F, Ns, C]
+    dst_tok = x[:, dst_idx]
+    target = best_dst.gather(1, merged_src)  # [F, k] destination (position in dst_idx) of each merged source
+    sums = dst_tok.reshape(Fr * Nd, C).index_add(
+        0, (target + frame * Nd).reshape(-1), src_tok[frame, merged_src].reshape(-1, C)).view(Fr, Nd, C)
+    counts = torch.ones(Fr * Nd, device=x.device, dtype=x.dtype).index_add(
+        0, (target + frame * Nd).reshape(-1), torch.ones(Fr * k, device=x.device, dtype=x.dtype)).view(Fr, Nd, 1)
+    merged = torch.cat([src_tok[frame, kept_src], sums / counts], dim=1)  # [F, Ns - k + Nd, C]
+
+    def unmerge(y: torch.Tensor) -> torch.Tensor:
+        n_kept = Ns - k
+        y_src_kept, y_dst = y[:, :n_kept], y[:, n_kept:]
+        y_src = y.new_empty(Fr, Ns, y.shape[-1])
+        y_src[frame, kept_src] = y_src_kept
+        y_src[frame, merged_src] = y_dst[frame, target]
+        out = y.new_empty(Fr, N, y.shape[-1])
+        out[:, src_idx] = y_src
+        out[:, dst_idx] = y_dst
+        return out
+
+    return merged, unmerge
+
+
+__all__ = ["METHODS", "bipartite_merge", "destination_mask", "random_scores", "scatter_rows"]
