@@ -9,6 +9,8 @@ from .ops.selection import check_ratio
 from .plan import GridSpec, Plan, parse_grids, read_plan
 
 _HIDDEN = ("grid_specs", "resolved_plan")
+CROSS_VIEW_MODES = ("off", "kv", "qkv")
+CROSS_VIEW_SELECT = ("self", "fresh")
 
 
 @dataclass
@@ -28,6 +30,11 @@ class PruneConfig:
     bands: row bands per frame; ``None`` means the host's sequence-parallel size (1 without SP).
     blocks: which block groups of the host to prune (adapter's default when ``None``).
     backend: attention backend, ``auto | sdpa | flash | xformers | math``.
+    cross_view: also prune the base blocks' cross-view attention: ``"off"``, ``"kv"`` (neighbours' keys and
+        values on their retained tokens) or ``"qkv"`` (queries too, skipped outputs reconstructed); same
+        per-block ratio and late-step decay as the block's self-attention.
+    cross_view_select: the retained set cross-view uses: ``"self"`` (the one the block's self-attention
+        chose; no second scoring) or ``"fresh"`` (a new score of the cross-view input).
     method: ``coredit`` (the method), or a baseline of the quality study at the same budget:
         ``random`` selection, ``no_reconstruction``, ``tome`` (token merging); see ``attention.baselines``.
     """
@@ -43,6 +50,8 @@ class PruneConfig:
     bands: Optional[int] = None
     blocks: Optional[List[str]] = None
     backend: str = "auto"
+    cross_view: str = "off"
+    cross_view_select: str = "self"
     method: str = "coredit"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
@@ -95,6 +104,14 @@ class PruneConfig:
             raise ValueError(f"late_steps must be an int >= 0, got {self.late_steps!r}")
         if not isinstance(self.stride, int) or self.stride < 1:
             raise ValueError(f"stride (m) must be an int >= 1, got {self.stride!r}")
+        if self.cross_view not in CROSS_VIEW_MODES:
+            raise ValueError(f"cross_view must be one of {CROSS_VIEW_MODES}, got {self.cross_view!r}")
+        if self.cross_view_select not in CROSS_VIEW_SELECT:
+            raise ValueError(f"cross_view_select must be one of {CROSS_VIEW_SELECT}, got {self.cross_view_select!r}")
+        if self.cross_view != "off" and self.method != "coredit":
+            raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set "
+                             f"method='coredit' or cross_view='off' (the {self.method!r} baseline prunes "
+                             "self-attention only)")
         if self.bands is not None and (not isinstance(self.bands, int) or self.bands < 1):
             raise ValueError(f"bands must be None or an int >= 1, got {self.bands!r}")
         specs = parse_grids(self.grids)

@@ -1,20 +1,23 @@
 """The handle ``apply`` returns: prunable blocks in plan order, their ratios, the denoising phase,
-coherence statistics for the schedule, and pruning plans (JSON)."""
+the per-forward context the adapters open, coherence statistics for the schedule, and pruning
+plans (JSON)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .attention import BlockLayout, pruned_self_attention
+from .attention import BlockLayout, Selection, ViewPairs, choose_tokens, pruned_self_attention
+from .attention.cross_view import Attend, local_attend, pruned_cross_view_attention
+from .attention.dense import attn_dropout
 from .config import PruneConfig
 from .ops import band_budgets, redundancy_increment
 from .ops.selection import check_ratio
-from .parallel.seq_attention import sp_self_attention
+from .parallel.seq_attention import sp_attention, sp_self_attention
 from .plan import PLAN_VERSION, Plan, grids_json, read_plan, write_plan
 
 PHASES = ("main", "late")
@@ -36,6 +39,42 @@ class _Hook:
         return self.controller.hook(self.index)(*args, **kwargs)
 
 
+@dataclass(eq=False)
+class ForwardContext:
+    """What one model forward prunes with, shared by all its blocks and by a checkpoint recompute of them.
+
+    ``phase``: the denoising phase when the forward began. ``hw``: the padded token grid ``(H, W)`` of a
+    frame (``width`` alone until a host reveals the height at its first block). ``views``: where each
+    cross-view row's frames sit (set by the adapter when cross-view pruning is on). ``budgets``: per-band
+    skip counts per ``(block, ratio)``, computed once. ``retained``: the selection each block's
+    self-attention made, held until that block's cross-view attention takes it.
+    """
+
+    phase: str
+    hw: Optional[Tuple[int, int]] = None
+    width: Optional[int] = None
+    views: Optional[ViewPairs] = None
+    budgets: Dict[Tuple[int, float], List[int]] = field(default_factory=dict)
+    retained: Dict[int, Optional[Selection]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One block call's geometry on this rank: local frame, layout, bands, budgets, and per-rank retained counts."""
+
+    ctx: ForwardContext
+    ratio: float
+    hw: Tuple[int, int]
+    layout: BlockLayout
+    bands: int
+    budgets: List[int]
+    counts: Optional[List[int]]  # retained tokens per frame on each SP rank (None without SP)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.budgets)
+
+
 class PruningController:
     def __init__(self, model: nn.Module, cfg: PruneConfig, adapter, blocks: List[Tuple[str, nn.Module]],
                  bands: int):
@@ -54,12 +93,14 @@ class PruningController:
         self.sp_group = None  # set by apply() from the adapter
         self.handles: list = []
         self._hook_fns: Optional[list] = None  # the adapter's hooks on self.model (None: not bound yet)
-        self.hw: Optional[Tuple[int, int]] = None
-        # recompute safety: (phase, hw) as seen by each forward, keyed by a tensor every block receives
-        self._contexts: OrderedDict[int, Tuple[str, Tuple[int, int]]] = OrderedDict()
-        self._fresh: set = set()
-        self._expect_new = True
-        self._active: Optional[Tuple[str, Tuple[int, int]]] = None
+        self.cross_view_names: List[str] = []  # patched cross-view attentions (set by apply())
+        self.cross_view_modules: List[nn.Module] = []
+        self.cross_view_ordinals: set = set()
+        # the context of the forward running now, and every recent forward's, keyed by a tensor all its
+        # blocks receive (a gradient-checkpoint recompute finds its forward's context again)
+        self.context: Optional[ForwardContext] = None
+        self._pending: Optional[ForwardContext] = None
+        self._contexts: OrderedDict[int, ForwardContext] = OrderedDict()
         self._stats_delta: Optional[float] = None
         self._stats: Dict[int, List[float]] = {}
         if cfg.resolved_plan is not None:
@@ -103,8 +144,10 @@ class PruningController:
         self.sp_group = self.adapter.sp_group(self.model)
 
     def __getstate__(self) -> dict:
-        # hooks are closures and process groups belong to a process: both are rebound on first use
-        return dict(self.__dict__, _hook_fns=None, sp_group=None)
+        # hooks are closures and process groups belong to a process: both are rebound on first use. Forward
+        # contexts belong to forwards of the original (keyed by its tensors' addresses): a copy starts with none.
+        return dict(self.__dict__, _hook_fns=None, sp_group=None, context=None, _pending=None,
+                    _contexts=OrderedDict())
 
     # ------------------------------------------------------------------ ratios
     def __len__(self) -> int:
@@ -148,10 +191,22 @@ class PruningController:
         self.set_phase("late" if step_index >= num_steps - self.cfg.late_steps else "main")
         return self.phase
 
-    def set_frame(self, hw: Tuple[int, int]) -> None:
-        """Adapter hook: the padded token grid ``(H, W)`` of this forward's frames."""
-        self.hw = self._check_hw(hw)
-        self._fresh, self._expect_new, self._active = set(), True, None
+    @property
+    def hw(self) -> Optional[Tuple[int, int]]:
+        """The padded token grid of the current forward's frames (``None`` before one)."""
+        return self.context.hw if self.context is not None else None
+
+    def begin_forward(self, hw: Optional[Tuple[int, int]] = None, width: Optional[int] = None) -> ForwardContext:
+        """Adapter hook at a model forward: opens its context with the current phase. ``hw`` when the host
+        knows its padded token grid now, else ``width`` and the first block tells the height
+        (:meth:`set_frame_height`). The next :meth:`enter_block` adopts it."""
+        ctx = ForwardContext(self.phase, self._check_hw(hw) if hw is not None else None, width)
+        self._pending = self.context = ctx
+        return ctx
+
+    def set_frame(self, hw: Tuple[int, int]) -> ForwardContext:
+        """Open a context for frames of ``(H, W)`` tokens (to call the patched attentions directly)."""
+        return self.begin_forward(hw=hw)
 
     def _check_hw(self, hw) -> Tuple[int, int]:
         hw = (int(hw[0]), int(hw[1]))
@@ -162,31 +217,38 @@ class PruningController:
             )
         return hw
 
-    def enter_block(self, key: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> None:
+    def enter_block(self, key: torch.Tensor) -> ForwardContext:
         """Adapter hook before each prunable block: binds the block to the forward it belongs to.
 
         ``key`` is a tensor every block of one forward receives and that lives until its backward (the
-        timestep modulation). The first block of a forward records the current phase and frame under
-        it; a gradient-checkpoint recompute of an older forward finds that record again, so it selects
-        exactly the tokens the original forward selected even if the phase has changed since.
+        timestep modulation). The first block after :meth:`begin_forward` files the new context under
+        it (replacing a dead forward's whose freed storage came back); a gradient-checkpoint recompute
+        of an older forward finds that forward's context again, so it selects exactly the tokens the
+        original forward selected even if the phase has changed since.
         """
         ptr = key.data_ptr()
-        if self._expect_new or ptr in self._fresh:
-            if ptr not in self._fresh:
-                self._contexts[ptr] = (self.phase, self._check_hw(hw) if hw is not None else self.hw)
-                self._contexts.move_to_end(ptr)
-                while len(self._contexts) > 64:
-                    self._contexts.popitem(last=False)
-                self._fresh.add(ptr)
-                self._expect_new = False
-            elif hw is not None and self._contexts[ptr][1] != tuple(hw):
-                raise ValueError(f"blocks of one forward disagree on the frame size: {self._contexts[ptr][1]} vs {hw}")
-        self._active = self._contexts.get(ptr)
+        if self._pending is not None:
+            ctx, self._pending = self._pending, None
+            self._contexts[ptr] = ctx
+            self._contexts.move_to_end(ptr)
+            while len(self._contexts) > 64:
+                self._contexts.popitem(last=False)
+        else:
+            ctx = self._contexts.get(ptr)
+            if ctx is None:
+                raise RuntimeError("a prunable block ran outside its model's forward (no pruning context); call "
+                                   "the model's forward (the adapter hooks it) or controller.set_frame((H, W))")
+        self.context = ctx
+        return ctx
 
-    def frame_of(self, key: torch.Tensor) -> Optional[Tuple[int, int]]:
-        """The frame ``(H, W)`` recorded by :meth:`enter_block` for the forward keyed by ``key`` (or ``None``)."""
-        ctx = self._contexts.get(key.data_ptr())
-        return ctx[1] if ctx is not None else None
+    def set_frame_height(self, ctx: ForwardContext, H: int) -> Tuple[int, int]:
+        """The first block of a forward tells its padded height; later blocks must agree."""
+        hw = self._check_hw((H, ctx.width))
+        if ctx.hw is None:
+            ctx.hw = hw
+        elif ctx.hw != hw:
+            raise ValueError(f"blocks of one forward disagree on the frame size: {ctx.hw} vs {hw}")
+        return hw
 
     # ------------------------------------------------------------------ statistics for the schedule
     def collect_stats(self, delta_ratio: Optional[float]) -> None:
@@ -212,47 +274,94 @@ class PruningController:
 
         return record
 
-    # ------------------------------------------------------------------ the patched forward
-    def run_block(self, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Pruned self-attention for block ``ordinal`` on ``x [frames, tokens, C]``."""
+    # ------------------------------------------------------------------ the patched forwards
+    def _call(self, ordinal: int, x: torch.Tensor, what: str) -> _Call:
+        """Geometry of block ``ordinal`` for ``x [rows, tokens, C]`` in the current context (budgets computed
+        once per forward). Under SP this rank holds rows ``[rank*H/P, (rank+1)*H/P)`` of every frame, i.e.
+        ``bands/P`` whole bands: selection and reconstruction run on them alone, the m-stride pattern shifted
+        to stay in frame coordinates."""
         if self._hook_fns is None:  # a copy whose host hooks have not run yet: take this process's SP group
             self._rebind()
-        phase, hw = self._active if self._active is not None else (self.phase, self.hw)
-        if hw is None:
+        ctx = self.context
+        if ctx is None or ctx.hw is None:
             raise RuntimeError(
                 f"{self.names[ordinal]} ran before the host told its frame size; call the model's forward "
                 "(the adapter hooks it) or controller.set_frame((H, W)) first"
             )
-        H, W = hw
-        P = sp_size_of(self.sp_group)
+        (H, W), P = ctx.hw, sp_size_of(self.sp_group)
         if x.dim() != 3 or x.shape[1] * P != H * W:
             share = f" (this rank's 1/{P} share: {H // P} of {H} rows)" if P > 1 else ""
             raise ValueError(
-                f"{self.names[ordinal]}: expected [frames, {H * W // P} tokens{share}, C], got {tuple(x.shape)}; "
-                "the adapter's frame size does not match this block's input"
+                f"{self.names[ordinal]} {what}: expected [frames, {H * W // P} tokens{share}, C], got "
+                f"{tuple(x.shape)}; the adapter's frame size does not match this block's input"
             )
-        ratio, layout = self.effective_ratio(ordinal, phase), self.layouts[ordinal]
+        ratio, layout = self.effective_ratio(ordinal, ctx.phase), self.layouts[ordinal]
+        budgets = ctx.budgets.get((ordinal, ratio))
+        if budgets is None:
+            budgets = ctx.budgets[(ordinal, ratio)] = band_budgets(ctx.hw, ratio, layout.stride, layout.ordinal,
+                                                                   self.bands)
         if P == 1:
-            return pruned_self_attention(
-                attn, x, hw, ratio, layout, self.bands, self.cfg.backend,
-                on_scores=self._scores_hook(ordinal, hw, layout, self.bands, 1), method=self.cfg.method,
-            )
-        if self.cfg.method == "tome":
-            raise ValueError("prune.method='tome' (the token-merging baseline) runs without sequence parallelism; "
-                             "set parallel.sp_size=1")
-        # SP: this rank holds rows [rank*H/P, (rank+1)*H/P), i.e. bands/P whole bands. Selection and
-        # reconstruction run on them alone; the m-stride pattern is shifted to stay in frame coordinates.
-        rank, h = dist.get_rank(self.sp_group), H // P
-        local = replace(layout, ordinal=layout.ordinal - rank * h)
-        budgets = band_budgets(hw, ratio, layout.stride, layout.ordinal, self.bands)
-        per_rank = self.bands // P
+            return _Call(ctx, ratio, ctx.hw, layout, self.bands, budgets, None)
+        rank, h, per_rank = dist.get_rank(self.sp_group), H // P, self.bands // P
         counts = [h * W - sum(budgets[j * per_rank:(j + 1) * per_rank]) for j in range(P)]
-        group, backend = self.sp_group, self.cfg.backend
+        local = replace(layout, ordinal=layout.ordinal - rank * h)
+        return _Call(ctx, ratio, (h, W), local, per_rank, budgets[rank * per_rank:(rank + 1) * per_rank], counts)
+
+    def run_block(self, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Pruned self-attention for block ``ordinal`` on ``x [frames, tokens, C]``."""
+        call = self._call(ordinal, x, "self-attention")
+        P = sp_size_of(self.sp_group)
+        on_select = None
+        if ordinal in self.cross_view_ordinals and self.cfg.cross_view_select == "self":
+            def on_select(sel: Optional[Selection]) -> None:
+                call.ctx.retained[ordinal] = sel
+        attend = None
+        if P > 1:
+            if self.cfg.method == "tome":
+                raise ValueError("prune.method='tome' (the token-merging baseline) runs without sequence "
+                                 "parallelism; set parallel.sp_size=1")
+            group, backend, counts = self.sp_group, self.cfg.backend, call.counts
+            attend = lambda a, t: sp_self_attention(a, t, group, counts, backend)  # noqa: E731
         return pruned_self_attention(
-            attn, x, (h, W), ratio, local, per_rank, backend,
-            attend=lambda a, t: sp_self_attention(a, t, group, counts, backend),
-            on_scores=self._scores_hook(ordinal, (h, W), local, per_rank, P), method=self.cfg.method,
+            attn, x, call.hw, call.ratio, call.layout, call.bands, self.cfg.backend, attend=attend,
+            on_scores=self._scores_hook(ordinal, call.hw, call.layout, call.bands, P), on_select=on_select,
+            budgets=call.budgets, method=self.cfg.method,
         )
+
+    def run_cross_view(self, ordinal: int, attn: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Cross-view attention of block ``ordinal``: ``x [rows, tokens, C]`` to ``cond [rows, J*tokens, C]``,
+        pruned as ``cfg.cross_view`` says; the host's own forward when nothing is skipped."""
+        call = self._call(ordinal, x, "cross-view attention")
+        if call.skipped == 0:
+            return type(attn).forward(attn, x, cond)
+        ctx = call.ctx
+        if ctx.views is None:
+            raise RuntimeError(f"{self.cross_view_names[0]}: the adapter did not describe the views of this "
+                               "forward (ForwardContext.views); cross-view pruning needs them")
+        pairs = ctx.views
+        if self.cfg.cross_view_select == "self":
+            sel = ctx.retained.pop(ordinal, None)
+            if sel is None:
+                raise RuntimeError(f"{self.names[ordinal]}: cross-view attention ran before the block's "
+                                   "self-attention chose its tokens (cross_view_select='self')")
+        else:
+            sel = choose_tokens(x.index_select(0, pairs.first), call.hw, call.ratio, call.layout, call.bands,
+                                budgets=call.budgets)
+        return pruned_cross_view_attention(attn, x, cond, pairs, sel, self.cfg.cross_view, call.hw, call.layout,
+                                           call.bands, self._cross_view_attend(attn, call, pairs.kv.shape[1]))
+
+    def _cross_view_attend(self, attn: nn.Module, call: _Call, J: int) -> Attend:
+        if call.counts is None:
+            return local_attend(attn, self.cfg.backend)
+        group, backend, counts = self.sp_group, self.cfg.backend, call.counts
+        kv_counts = [J * c for c in counts]
+
+        def attend(q, k, v, q_pruned: bool):
+            q_counts = counts if q_pruned else None
+            return sp_attention(q, k, v, group, attn.scale, backend, attn_dropout(attn), q_counts, kv_counts,
+                                tag="cross_view")
+
+        return attend
 
     # ------------------------------------------------------------------ plans
     def layout(self) -> dict:

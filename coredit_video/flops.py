@@ -105,6 +105,8 @@ __all__ = [
     "pruned_self_attention_flops",
     "pruning_overhead_flops",
     "cross_view_attention_flops",
+    "pruned_cross_view_attention_flops",
+    "CROSS_VIEW_PRUNING",
     "cross_attention_flops",
     "mlp_flops",
     "temporal_self_attention_flops",
@@ -123,7 +125,8 @@ KINDS: Tuple[str, ...] = (
     "temporal_mlp",
     "other",
 )
-"""Module kinds of the breakdown; only ``spatial_self_attention`` changes with pruning."""
+"""Module kinds of the breakdown; pruning changes ``spatial_self_attention`` and, with ``cross_view``
+on, ``cross_view_attention``."""
 
 SELECTION_FLOPS_PER_TOKEN_CHANNEL = 6
 """Scoring cost per token and channel: normalise (3), cell mean (1), dot with the cell mean (2)."""
@@ -136,6 +139,8 @@ DEFAULT_RESOLUTION = (848, 1600)
 """Default ``(H, W)`` in pixels: MagicDrive-V2's highest resolution bucket."""
 
 _CROSS_VIEW_MODES = ("pairwise", "concat")
+CROSS_VIEW_PRUNING = ("off", "kv", "qkv")
+"""Cross-view pruning modes (prune config ``cross_view``)."""
 
 
 def _is_int(v: Any) -> bool:
@@ -348,6 +353,33 @@ def cross_view_attention_flops(n: int, C: int, neighbours: int = 2, mode: str = 
     raise ValueError(f"cross_view_mode must be one of {_CROSS_VIEW_MODES}, got {mode!r}")
 
 
+def pruned_cross_view_attention_flops(n: int, kept: int, C: int, neighbours: int = 2, mode: str = "pairwise",
+                                      pruning: str = "kv", fresh: bool = False) -> int:
+    """Cross-view attention of one view-frame with ``kept`` of its ``n`` tokens retained (and ``kept`` of each
+    neighbour's), as :func:`cross_view_attention_flops` counts the dense one.
+
+    ``kv``: keys and values of the retained tokens only: per neighbour q ``2nC^2`` + kv ``4kC^2`` +
+    ``4nkC`` + out ``2nC^2``. ``qkv``: queries too (``n -> k`` in q, attention and the output projection)
+    plus the reconstruction ``4nC`` per attention call (per neighbour in ``pairwise``, once in ``concat``).
+    ``pairwise`` adds ``mva_proj`` ``2nC^2`` on the summed output. ``fresh``: the retained set is scored anew
+    on the cross-view input (``6nC``) instead of reusing the self-attention's. Dense when ``kept >= n``.
+    """
+    if pruning not in CROSS_VIEW_PRUNING:
+        raise ValueError(f"cross-view pruning must be one of {CROSS_VIEW_PRUNING}, got {pruning!r}")
+    if pruning == "off" or kept >= n or neighbours <= 0:
+        return cross_view_attention_flops(n, C, neighbours, mode)
+    nq = kept if pruning == "qkv" else n
+    recon = RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL * n * C if pruning == "qkv" else 0
+    score = SELECTION_FLOPS_PER_TOKEN_CHANNEL * n * C if fresh else 0
+    if mode == "pairwise":
+        per = 2 * nq * C * C + 4 * kept * C * C + 4 * nq * kept * C + 2 * nq * C * C + recon
+        return neighbours * per + 2 * n * C * C + score
+    if mode == "concat":
+        m = neighbours * kept
+        return 2 * nq * C * C + 4 * m * C * C + 4 * nq * m * C + 2 * nq * C * C + recon + score
+    raise ValueError(f"cross_view_mode must be one of {_CROSS_VIEW_MODES}, got {mode!r}")
+
+
 def cross_attention_flops(n: int, L: int, C: int) -> int:
     """Cross-attention of ``n`` queries to ``L`` condition tokens: ``4nC^2 + 4LC^2 + 4nLC``."""
     return 2 * n * C * C + 4 * L * C * C + 4 * n * L * C + 2 * n * C * C
@@ -411,6 +443,8 @@ def count_flops(
     latent_frames: Optional[int] = None,
     pad_h_to_bands: bool = False,
     stride: Optional[int] = 3,
+    cross_view: str = "off",
+    cross_view_select: str = "self",
 ) -> Dict[str, Any]:
     """FLOPs of one forward pass of one sample (all views, all latent frames), dense and pruned.
 
@@ -431,13 +465,16 @@ def count_flops(
         pad_h_to_bands: pad the token height up to a multiple of ``bands`` (MagicDrive-V2 pads for
             its SP size: 53 -> 56 with 8 bands). Without it a non-dividing ``bands`` is an error.
         stride: m-stride retention ``m`` (forced tokens cap ``K``); None for no forced tokens.
+        cross_view: prune the cross-view attention of each block with its ratio too: ``"off"``, ``"kv"`` or
+            ``"qkv"`` (see :func:`pruned_cross_view_attention_flops`).
+        cross_view_select: ``"self"`` (reuse the self-attention's retained set) or ``"fresh"`` (score anew).
 
     Returns:
         A JSON-serialisable dict: ``units``; ``inputs``; ``kinds`` ``{kind: {dense, pruned, saved,
         reduction}}`` over ``KINDS``; ``dense_total``, ``pruned_total``, ``saved_total``,
-        ``pruning_overhead`` (FLOPs); ``self_attention_reduction`` and ``total_reduction``
-        (fractions saved, ``(dense - pruned) / dense``, positive = saved); ``blocks``, one entry per
-        prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
+        ``pruning_overhead`` (FLOPs); ``self_attention_reduction``, ``cross_view_reduction`` and
+        ``total_reduction`` (fractions saved, ``(dense - pruned) / dense``, positive = saved); ``blocks``,
+        one entry per prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
     """
     spec = get_spec(spec)
     if views is None:
@@ -466,6 +503,10 @@ def count_flops(
         T = latent_frames_for(spec, frames)
         frames_in = frames
     plan = _ratio_list(ratios, spec.prunable_blocks)
+    if cross_view not in CROSS_VIEW_PRUNING:
+        raise ValueError(f"cross_view must be one of {CROSS_VIEW_PRUNING}, got {cross_view!r}")
+    if cross_view_select not in ("self", "fresh"):
+        raise ValueError(f"cross_view_select must be 'self' or 'fresh', got {cross_view_select!r}")
 
     C, L, n = spec.hidden, spec.cond_tokens, H * W
     fv = T * views  # frame-view items: every per-frame-per-view term is multiplied by this
@@ -505,6 +546,7 @@ def count_flops(
     pruned = dict(dense)
     sa_dense = 0
     sa_pruned = 0
+    cv_pruned = 0
     overhead = 0
     names = spec.block_names()
     blocks = []
@@ -517,6 +559,14 @@ def count_flops(
         sa_pruned += p * fv
         if k_skip:
             overhead += pruning_overhead_flops(n, C) * fv
+        has_cv = ordinal < spec.depth or spec.control_cross_view
+        pcv = pruned_cross_view_attention_flops(n, kept, C, neighbours, spec.cross_view_mode, cross_view,
+                                                cross_view_select == "fresh") if has_cv else 0
+        cv_pruned += pcv * fv
+        if has_cv and k_skip and cross_view != "off" and neighbours:
+            calls = neighbours if spec.cross_view_mode == "pairwise" else 1
+            overhead += (SELECTION_FLOPS_PER_TOKEN_CHANNEL * (cross_view_select == "fresh")
+                         + RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL * calls * (cross_view == "qkv")) * n * C * fv
         blocks.append({
             "block": ordinal,
             "name": names[ordinal],
@@ -526,9 +576,12 @@ def count_flops(
             "dense": sa * fv,
             "pruned": p * fv,
             "reduction": (sa - p) / sa,
+            "cross_view_dense": cv * fv if has_cv else 0,
+            "cross_view_pruned": pcv * fv,
         })
     dense["spatial_self_attention"] = sa_dense
     pruned["spatial_self_attention"] = sa_pruned
+    pruned["cross_view_attention"] = cv_pruned
 
     kinds = {}
     for k in KINDS:
@@ -555,6 +608,8 @@ def count_flops(
             "stride": stride,
             "ratios": plan,
             "mean_ratio": sum(plan) / len(plan) if plan else 0.0,
+            "cross_view": cross_view,
+            "cross_view_select": cross_view_select,
         },
         "kinds": kinds,
         "dense_total": dense_total,
@@ -564,6 +619,7 @@ def count_flops(
         "self_attention_dense": sa_dense,
         "self_attention_pruned": sa_pruned,
         "self_attention_reduction": (sa_dense - sa_pruned) / sa_dense if sa_dense else 0.0,
+        "cross_view_reduction": kinds["cross_view_attention"]["reduction"],
         "total_reduction": (dense_total - pruned_total) / dense_total,
         "blocks": blocks,
     }
@@ -578,6 +634,7 @@ def flops_saved_fraction(
     bands: int = 1,
     which: str = "total",
     stride: Optional[int] = 3,
+    cross_view: str = "off",
 ) -> float:
     """Fraction of FLOPs saved by ``ratios`` for a batch item shaped like the training input.
 
@@ -590,7 +647,7 @@ def flops_saved_fraction(
         raise ValueError(f"which must be 'total' or 'self_attention', got {which!r}")
     res = count_flops(
         spec, None, views=views, ratios=ratios, bands=bands, hw_tokens=hw_tokens,
-        latent_frames=latent_frames, stride=stride,
+        latent_frames=latent_frames, stride=stride, cross_view=cross_view,
     )
     return float(res["total_reduction" if which == "total" else "self_attention_reduction"])
 

@@ -1,4 +1,7 @@
-"""The one registry that maps names to host adapters (mmengine ``Registry``)."""
+"""The one registry that maps names to host adapters (mmengine ``Registry``).
+
+It imports no adapter: :mod:`coredit_video.adapters` registers the built-in ones when imported (the
+package ``__init__`` does), so ``registry`` and ``adapters`` depend one way only."""
 from __future__ import annotations
 
 try:
@@ -29,7 +32,6 @@ HOST_ADAPTERS = Registry("coredit host adapter")
 
 def find_adapter(model, name: str = "auto"):
     """Instantiate the adapter called ``name``, or with ``"auto"`` the one whose ``matches(model)``."""
-    _import_builtin_adapters()
     if name != "auto":
         cls = HOST_ADAPTERS.get(name)
         if cls is None:
@@ -47,7 +49,3 @@ def find_adapter(model, name: str = "auto"):
         f"{sorted(HOST_ADAPTERS.module_dict)}. Write one (see coredit_video/adapters/base.py) and register it "
         "with @HOST_ADAPTERS.register_module()"
     )
-
-
-def _import_builtin_adapters() -> None:
-    from . import adapters  # noqa: F401  (registers the built-in adapters)

@@ -69,3 +69,30 @@ def test_torch_save_and_load_a_patched_model(tiny_host, tiny_inputs):
     assert loaded.state_dict().keys() == tiny_host.state_dict().keys()
     assert cv.remove(loaded)
     torch.testing.assert_close(_out(loaded, tiny_inputs), dense, rtol=0, atol=0)
+
+
+def test_deepcopy_prunes_cross_view_with_its_own_controller(tiny_host, tiny_inputs):
+    dense = _out(tiny_host, tiny_inputs)
+    off_host = copy.deepcopy(tiny_host)
+    cv.apply(off_host, dict(CFG, cross_view="off"))
+    off = _out(off_host, tiny_inputs)  # self-attention pruned only
+    ctrl = cv.apply(tiny_host, dict(CFG, cross_view="kv"))
+    kv = _out(tiny_host, tiny_inputs)
+    assert (kv - off).abs().max() > 1e-4  # cross-view pruning changes the output
+    ema = copy.deepcopy(tiny_host)
+    ema_ctrl = cv.get_controller(ema)
+    assert ema_ctrl is not ctrl and ema_ctrl.context is None  # a copy holds none of the original's forwards
+    cross_view = [blk.cross_view_attn for blk in ema.base_blocks_s]
+    assert ema_ctrl.cross_view_modules == cross_view
+    assert all(m.forward.controller is ema_ctrl and m.forward.attn is m for m in cross_view)
+    ctx = ctrl.context
+    torch.testing.assert_close(_out(ema, tiny_inputs), kv, rtol=0, atol=0)
+    assert ctrl.context is ctx and ema_ctrl.context is not ctx  # the copy's forward opened the copy's context
+    ema_ctrl.set_ratios(0.0)
+    torch.testing.assert_close(_out(ema, tiny_inputs), dense, rtol=0, atol=0)
+    torch.testing.assert_close(_out(tiny_host, tiny_inputs), kv, rtol=0, atol=0)
+    buf = io.BytesIO()
+    torch.save(tiny_host, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    torch.testing.assert_close(_out(loaded, tiny_inputs), kv, rtol=0, atol=0)

@@ -12,7 +12,8 @@ import torch
 from coredit_video import kernels
 from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.models.layers import Attention
-from coredit_video.ops import band_budgets, reconstruct, select_tokens, spatial_coherence
+from coredit_video.attention.dispatch import reconstruct, spatial_coherence
+from coredit_video.ops import band_budgets, select_tokens
 from coredit_video.ops.partition import _partition, cell_counts, forced_mask, free_per_band
 
 CASES = [

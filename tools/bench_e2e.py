@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """One denoising step of the built-in MagicDrive-shaped host, dense vs CoReDiT pruned: time and peak memory,
-next to the FLOPs model's prediction for the same model and shapes.
+next to the FLOPs model's prediction for the same model and shapes, and the time split per module kind.
+With ``--cross-view kv|qkv`` a third variant also prunes the cross-view attention (``pruned_cv``).
 
 Default: the XL host (``host_config('xl')``: width 1152, 16 heads, 28 base + 13 control spatial blocks
 and as many temporal blocks, cross-view attention in the base spatial blocks) at 848x1600
@@ -15,6 +16,7 @@ just before it) minus its resident size just before the step (one worker per var
 
     python tools/bench_e2e.py                                              # GPU, full XL
     python tools/bench_e2e.py --device cpu --depth 1 --control-depth 1 --views 1 --latent-frames 1
+    python tools/bench_e2e.py --device cpu --depth 1 --control-depth 1 --views 3 --latent-frames 1 --cross-view qkv
 
 Writes ``docs/benchmarks/e2e_<tag>.{json,md}``.
 """
@@ -72,10 +74,42 @@ def plan_of(args, n_blocks: int):
     return [args.ratio] * n_blocks
 
 
-def prune_cfg(args, plan):
+def prune_cfg(args, plan, variant: str = "pruned"):
+    cross_view = {"cross_view": args.cross_view if variant == "pruned_cv" else "off",
+                  "cross_view_select": args.cross_view_select}
     if args.plan:  # the plan with its whole layout (grids, stride, bands, late steps)
-        return {"plan": args.plan}
-    return {"ratios": plan, "max_ratio": max(0.5, max(plan))}
+        return {"plan": args.plan, **cross_view}
+    return {"ratios": plan, "max_ratio": max(0.5, max(plan)), **cross_view}
+
+
+def module_kinds(model) -> dict:
+    """Module kind -> modules whose forward time is summed under it (the rest of a step is "other")."""
+    kinds = {"self_attention": [], "cross_view_attention": [], "cross_attention": [], "mlp": [], "temporal": []}
+    for blk in [*model.base_blocks_s, *model.control_blocks_s]:
+        kinds["self_attention"].append(blk.attn)
+        kinds["cross_attention"].append(blk.cross_attn)
+        kinds["mlp"].append(blk.mlp)
+        if not blk.skip_cross_view:
+            kinds["cross_view_attention"].append(blk.cross_view_attn)
+    kinds["temporal"] = [*model.base_blocks_t, *model.control_blocks_t]
+    return kinds
+
+
+def time_modules(model, sync, totals: dict) -> list:
+    """Forward hooks adding each kind's wall time (s) to ``totals``; returns the handles."""
+    handles = []
+    for kind, mods in module_kinds(model).items():
+        for m in mods:
+            def pre(mod, args, kind=kind):
+                sync()
+                mod.__dict__["_bench_t0"] = time.perf_counter()
+
+            def post(mod, args, out, kind=kind):
+                sync()
+                totals[kind] = totals.get(kind, 0.0) + time.perf_counter() - mod.__dict__.pop("_bench_t0")
+
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
 
 
 def _status_kib(field: str) -> int:
@@ -100,8 +134,8 @@ def worker(args) -> None:
     """Child process: one step of one variant; prints the resident-size numbers as JSON."""
     device, dtype = torch.device(args.device), resolve_dtype(args)
     model, cfg, inputs = build(args, device, dtype)
-    if args.worker == "pruned":
-        ctrl = cv.apply(model, prune_cfg(args, plan_of(args, cfg.depth + cfg.control_depth)))
+    if args.worker != "dense":
+        ctrl = cv.apply(model, prune_cfg(args, plan_of(args, cfg.depth + cfg.control_depth), args.worker))
         ctrl.set_step(0, 30)
     reset = reset_peak_rss()  # else the peak may be model construction's, not the step's
     before = _status_kib("VmRSS") * 1024
@@ -126,11 +160,11 @@ def memory_cpu(argv, variant: str) -> dict:
     return json.loads(out)
 
 
-def memory_cuda(model, inputs, args, plan) -> dict:
+def memory_cuda(model, inputs, args, plan, variants) -> dict:
     res = {}
-    for variant in ("dense", "pruned"):
-        if variant == "pruned":
-            cv.apply(model, prune_cfg(args, plan)).set_step(0, 30)
+    for variant in variants:
+        if variant != "dense":
+            cv.apply(model, prune_cfg(args, plan, variant)).set_step(0, 30)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -163,6 +197,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--cond-tokens", type=int, default=32, help="condition tokens L handed in as y (+1 camera token)")
     ap.add_argument("--ratio", type=float, default=0.26)
     ap.add_argument("--plan", default=None, help="plan JSON (ratios per prunable block) instead of --ratio")
+    ap.add_argument("--cross-view", default="off", choices=("off", "kv", "qkv"),
+                    help="also time a variant pruning cross-view attention in this mode")
+    ap.add_argument("--cross-view-select", default="self", choices=("self", "fresh"))
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
@@ -171,7 +208,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tag", default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default="docs/benchmarks")
-    ap.add_argument("--worker", choices=("dense", "pruned"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("dense", "pruned", "pruned_cv"), default=None, help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(raw)
     if args.threads:
@@ -198,35 +235,56 @@ def main(argv=None) -> dict:
         sync()
         return time.perf_counter() - t0
 
-    times = {"dense": [], "pruned": []}
+    variants = ("dense", "pruned") + (("pruned_cv",) if args.cross_view != "off" else ())
+    times = {v: [] for v in variants}
+    split = {v: {} for v in variants}  # module kind -> seconds summed over the measured rounds
     for i in range(args.warmup + args.repeats):
-        for variant in ("dense", "pruned"):
-            if variant == "pruned":
-                cv.apply(model, prune_cfg(args, plan)).set_step(0, 30)
+        for variant in variants:
+            if variant != "dense":
+                cv.apply(model, prune_cfg(args, plan, variant)).set_step(0, 30)
+            handles = time_modules(model, sync, split[variant]) if i >= args.warmup else []
             dt = step()
+            for h in handles:
+                h.remove()
             cv.remove(model)
             if i >= args.warmup:
                 times[variant].append(dt)
             print(f"  round {i}{' (warm-up)' if i < args.warmup else ''} {variant}: {dt:.2f} s", flush=True)
     speedups = [d / p for d, p in zip(times["dense"], times["pruned"])]
+    for variant in variants:
+        per = {k: v / args.repeats for k, v in split[variant].items()}
+        per["other"] = max(0.0, sum(times[variant]) / args.repeats - sum(per.values()))
+        split[variant] = per
 
     spec = replace(PRESETS["magicdrive-v2-xl"], hidden=cfg.hidden, depth=cfg.depth, control_depth=cfg.control_depth,
                    num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, in_channels=cfg.in_channels,
                    out_channels=cfg.in_channels, cond_tokens=args.cond_tokens + 1, caption_channels=cfg.cond_dim,
-                   views=args.views)
+                   views=args.views, cross_view_mode="concat")  # the built-in host: one softmax over both neighbours
     # The host attends to both neighbours (roll +-1) whatever the view count; the FLOPs model counts
     # min(2, views - 1) neighbours, so for fewer than 3 views it is evaluated at 3 views and scaled back.
     fl_views = max(args.views, 3)
     fl = count_flops(spec, hw_tokens=(H, W), latent_frames=args.latent_frames, views=fl_views, ratios=plan, stride=3)
     scale = args.views / fl_views
     predicted = fl["dense_total"] / fl["pruned_total"]
+    cross_view = None
+    if "pruned_cv" in variants:
+        fl_cv = count_flops(spec, hw_tokens=(H, W), latent_frames=args.latent_frames, views=fl_views, ratios=plan,
+                            stride=3, cross_view=args.cross_view, cross_view_select=args.cross_view_select)
+        cv_speedups = [d / p for d, p in zip(times["dense"], times["pruned_cv"])]
+        cross_view = {"mode": args.cross_view, "select": args.cross_view_select,
+                      "pruned_s": statistics.median(times["pruned_cv"]), "speedup": statistics.median(cv_speedups),
+                      "speedup_min": min(cv_speedups), "speedup_max": max(cv_speedups),
+                      "flops_pruned": fl_cv["pruned_total"] * args.batch * scale,
+                      "total_reduction": fl_cv["total_reduction"],
+                      "cross_view_reduction": fl_cv["cross_view_reduction"],
+                      "predicted_speedup": fl_cv["dense_total"] / fl_cv["pruned_total"]}
 
     memory = None
     if not args.no_memory:
         if device.type == "cuda":
-            memory = memory_cuda(model, inputs, args, plan)
+            memory = memory_cuda(model, inputs, args, plan, variants)
         else:
-            memory = {v: memory_cpu([a for a in raw], v) for v in ("dense", "pruned")}
+            memory = {v: memory_cpu([a for a in raw], v) for v in variants}
     result = {
         "meta": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -247,11 +305,17 @@ def main(argv=None) -> dict:
                   "total_reduction": fl["total_reduction"],
                   "self_attention_reduction": fl["self_attention_reduction"],
                   "predicted_speedup": predicted,
-                  "spatial_self_attention_share": fl["kinds"]["spatial_self_attention"]["dense"] / fl["dense_total"]},
+                  "spatial_self_attention_share": fl["kinds"]["spatial_self_attention"]["dense"] / fl["dense_total"],
+                  "cross_view_share": fl["kinds"]["cross_view_attention"]["dense"] / fl["dense_total"]},
         "memory": memory,
+        "cross_view": cross_view,
+        "module_split_s": split,
     }
     print(f"speed-up dense/pruned: median {result['speedup']:.3f} (rounds {min(speedups):.3f}..{max(speedups):.3f}); "
           f"FLOPs model: {predicted:.3f} (total -{100 * fl['total_reduction']:.1f}%)")
+    if cross_view:
+        print(f"speed-up dense/pruned+cross-view ({args.cross_view}): median {cross_view['speedup']:.3f}; FLOPs model: "
+              f"{cross_view['predicted_speedup']:.3f} (total -{100 * cross_view['total_reduction']:.1f}%)")
     if memory:
         d, p = memory["dense"]["step_peak"], memory["pruned"]["step_peak"]
         print(f"step peak memory: dense {d / 2**20:.0f} MiB, pruned {p / 2**20:.0f} MiB ({p / d:.3f})")
@@ -287,6 +351,28 @@ def to_markdown(r: dict) -> str:
             f"FLOPs: **{fl['predicted_speedup']:.3f}** (total -{100 * fl['total_reduction']:.1f}%, spatial "
             f"self-attention -{100 * fl['self_attention_reduction']:.1f}%, which is "
             f"{100 * fl['spatial_self_attention_share']:.1f}% of the dense FLOPs)."]
+    cvr = r.get("cross_view")
+    if cvr:
+        out += ["", f"With cross-view pruning too (`cross_view={cvr['mode']}`, retained set: `{cvr['select']}`):", "",
+                "| | dense | pruned + cross-view | ratio |", "|---|---|---|---|",
+                f"| step time (s) | {r['dense_s']:.2f} | {cvr['pruned_s']:.2f} | "
+                f"{cvr['pruned_s'] / r['dense_s']:.3f} |",
+                f"| FLOPs (model) | {fl['dense']:.3e} | {cvr['flops_pruned']:.3e} | "
+                f"{cvr['flops_pruned'] / fl['dense']:.3f} |"]
+        if mem and "pruned_cv" in mem:
+            p2 = mem["pruned_cv"]["step_peak"]
+            out.append(f"| step peak memory (MiB) | {mem['dense']['step_peak'] / 2**20:.0f} | {p2 / 2**20:.0f} | "
+                       f"{p2 / mem['dense']['step_peak']:.3f} |")
+        out += ["", f"Measured speed-up with cross-view pruning: **{cvr['speedup']:.3f}** (rounds "
+                f"{cvr['speedup_min']:.3f} .. {cvr['speedup_max']:.3f}); FLOPs model: "
+                f"**{cvr['predicted_speedup']:.3f}** "
+                f"(total -{100 * cvr['total_reduction']:.1f}%, cross-view -{100 * cvr['cross_view_reduction']:.1f}%)."]
+    split = r.get("module_split_s")
+    if split:
+        kinds = list(next(iter(split.values())))
+        out += ["", "Time per module kind (s per step, mean of the measured rounds):", "",
+                "| kind | " + " | ".join(split) + " |", "|---|" + "---|" * len(split)]
+        out += [f"| {k} | " + " | ".join(f"{split[v].get(k, 0.0):.2f}" for v in split) + " |" for k in kinds]
     return "\n".join(out) + "\n"
 
 

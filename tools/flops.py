@@ -5,6 +5,7 @@ Examples (from the repo root, no installation needed)::
 
     python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26
     python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26 --json
+    python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26 --cross-view qkv
     python tools/flops.py --plan work_dirs/run/plan.json --frames 33 --bands 8 --pad-h-to-bands
 
 FLOPs are per forward pass of one sample (all views, all latent frames), multiply-add = 2.
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--ratio", type=float, default=None, help="uniform pruning ratio in [0, 1)")
     plan.add_argument("--plan", default=None, help="pruning plan JSON (controller.save_plan); its bands and stride "
                                                    "apply unless given, and must agree when given")
+    p.add_argument("--cross-view", default="off", choices=F.CROSS_VIEW_PRUNING,
+                   help="also prune cross-view attention: kv (neighbour keys/values) or qkv (queries too)")
+    p.add_argument("--cross-view-select", default="self", choices=("self", "fresh"),
+                   help="cross-view retained set: the self-attention's (self) or a fresh score (fresh)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
     return p
@@ -75,6 +80,7 @@ def print_table(res: dict, show_blocks: bool = False) -> None:
     print(f"{'total':<26}{_fmt(res['dense_total']):>14}{_fmt(res['pruned_total']):>14}{total_red:>10.2%}")
     print()
     print(f"self-attention FLOPs (spatial blocks): -{res['self_attention_reduction']:.2%}")
+    print(f"cross-view FLOPs ({inp['cross_view']:>3}):               -{res['cross_view_reduction']:.2%}")
     print(f"total FLOPs:                           -{res['total_reduction']:.2%}")
     print(f"pruning overhead (selection + reconstruction): {_fmt(res['pruning_overhead'])}")
     if show_blocks:
@@ -132,6 +138,8 @@ def main(argv=None) -> int:
             latent_frames=args.latent_frames,
             pad_h_to_bands=args.pad_h_to_bands,
             stride=stride if stride else None,
+            cross_view=args.cross_view,
+            cross_view_select=args.cross_view_select,
         )
     except (ValueError, OSError) as e:
         parser.error(str(e))

@@ -13,9 +13,14 @@ class HostAdapter:
     - ``prunable_blocks(model, groups)``: ``[(name, attention_module)]`` of spatial self-attentions in
       plan order; each module has MagicDrive-V2's ``qkv``/``q_norm``/``k_norm``/``proj`` layout and
       receives ``[frames, tokens, C]``.
-    - ``attach(model, controller)``: hooks that tell the controller each forward's padded token
-      grid (``controller.set_frame((H, W))``); returns removable handles.
+    - ``attach(model, controller)``: hooks that open each forward's context
+      (``controller.begin_forward``), bind every prunable block to it (``controller.enter_block``),
+      and, with cross-view pruning on, describe the views (``ForwardContext.views``); returns removable
+      handles.
     - ``sp_group(model)``: the host's sequence-parallel process group, or ``None``.
+
+    ``cross_view_blocks`` (cross-view attentions next to the prunable self-attentions) works for any host
+    whose spatial blocks hold a ``cross_view_attn`` called as ``cross_view_attn(x, cond)``.
     """
 
     default_groups: Tuple[str, ...] = ()
@@ -35,6 +40,18 @@ class HostAdapter:
 
     def attach(self, model: nn.Module, controller) -> list:
         raise NotImplementedError
+
+    @staticmethod
+    def cross_view_blocks(model: nn.Module, names: Sequence[str]) -> List[Tuple[str, nn.Module, int]]:
+        """``[(name, cross_view_attn, ordinal)]`` for every prunable block (``names`` in plan order) whose
+        block has a cross-view attention; ``ordinal`` is the block's, so both share one ratio."""
+        out = []
+        for ordinal, name in enumerate(names):
+            block = model.get_submodule(name.rsplit(".", 1)[0])
+            attn = getattr(block, "cross_view_attn", None)
+            if isinstance(attn, nn.Module):
+                out.append((f"{name.rsplit('.', 1)[0]}.cross_view_attn", attn, ordinal))
+        return out
 
     @staticmethod
     def hook_blocks(model: nn.Module, controller, hook) -> list:

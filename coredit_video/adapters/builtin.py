@@ -1,8 +1,19 @@
-"""Adapter for the built-in host :class:`coredit_video.models.MultiViewSTDiT`."""
+"""Adapter for the built-in host (:class:`coredit_video.models.MultiViewSTDiT`)."""
 from __future__ import annotations
 
+import torch
+
+from ..attention import ViewPairs
 from ..registry import HOST_ADAPTERS
 from .base import HostAdapter
+
+
+def ring_pairs(B: int, NC: int, T: int, device=None) -> ViewPairs:
+    """The built-in host's cross-view rows: query row ``f = (b*NC + v)*T + t`` is frame ``f``; its key row
+    holds frames ``(b, v-1, t)`` then ``(b, v+1, t)`` (views on a ring)."""
+    f = torch.arange(B * NC * T, device=device).view(B, NC, T)
+    kv = torch.stack([f.roll(1, dims=1), f.roll(-1, dims=1)], dim=-1)  # [B, NC, T, 2]
+    return ViewPairs.build(f.reshape(-1), kv.reshape(-1, 2), B * NC * T)
 
 
 @HOST_ADAPTERS.register_module(name="builtin")
@@ -15,14 +26,18 @@ class BuiltinHostAdapter(HostAdapter):
         return isinstance(model, MultiViewSTDiT)
 
     def attach(self, model, controller) -> list:
-        def learn_frame(module, args, kwargs):
+        def begin_forward(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
-            controller.set_frame(module.token_grid(x))
+            controller.begin_forward(hw=module.token_grid(x))
 
         def enter_block(module, args, kwargs):  # blk(x, cond, t_mod, T, S, NC): t_mod keys the forward
-            controller.enter_block(args[2] if len(args) > 2 else kwargs["t_mod"])
+            get = lambda i, k: args[i] if len(args) > i else kwargs[k]  # noqa: E731
+            ctx = controller.enter_block(get(2, "t_mod"))
+            if controller.cross_view_modules and ctx.views is None:
+                x, T, NC = get(0, "x"), int(get(3, "T")), int(get(5, "NC"))
+                ctx.views = ring_pairs(x.shape[0] // NC, NC, T, x.device)
 
-        return ([model.register_forward_pre_hook(learn_frame, with_kwargs=True)]
+        return ([model.register_forward_pre_hook(begin_forward, with_kwargs=True)]
                 + self.hook_blocks(model, controller, enter_block))
 
     def sp_group(self, model):

@@ -9,17 +9,22 @@ on (read from MagicDrive-V2's public code, none of it copied):
 - each block's ``attn`` (``MultiHeadAttention`` / ``SeqParallelMultiHeadAttention``) has ``qkv``,
   ``q_norm``, ``k_norm``, ``proj``, ``num_heads``, ``head_dim``, ``scale`` and is called ``attn(x)``;
 - the SP group lives in ``magicdrivedit.acceleration.parallel_states`` and the all-to-all splits the
-  sequence contiguously across ranks (scatter heads, gather sequence), which is also ours.
+  sequence contiguously across ranks (scatter heads, gather sequence), which is also ours;
+- base spatial blocks call ``cross_view_attn(x_targets, x_neighbors)`` with one row per (target,
+  neighbour) pair: for each ``target, neighbours`` of ``mv_order_map`` in order, for each neighbour, the
+  ``B*T`` frames ``(b, t)`` of that pair (``_construct_attn_input_from_map(..., cat_seq=False)``); the
+  block sums the pair outputs per target. Control blocks have no ``cross_view_attn``.
 
 The padded height is never recomputed here (MagicDrive-V2 pads H for ``force_pad_h_for_sp_size``,
 a random ``simulate_sp_size`` during training, or the SP size): each spatial block's ``S`` gives it,
 ``H = S * sp_size / W``.
 
-Every model forward opens a new pruning context (``controller.set_frame``) at its first spatial block,
-so the phase set before a forward (``set_step`` / ``set_phase``) is the one it prunes with, even when a
-no-grad sampling loop hands every forward's ``t_mlp`` the same storage. A gradient-checkpoint
-recompute is recognised by its ``t_mlp``: the controller keeps that forward's phase and frame
-(``controller.frame_of``), even after later forwards of other phases or frame sizes.
+Every model forward opens a new pruning context (``controller.begin_forward``, with the frame width);
+its first spatial block adopts it and tells the padded height, so the phase set before a forward
+(``set_step`` / ``set_phase``) is the one it prunes with, even when a no-grad sampling loop hands every
+forward's ``t_mlp`` the same storage. A gradient-checkpoint recompute is recognised by its ``t_mlp``:
+``controller.enter_block`` returns that forward's context (phase, frame, views), even after later
+forwards of other phases or frame sizes.
 
 Checked against a real checkout by ``tests/test_magicdrive_adapter.py`` (``MAGICDRIVE_V2_ROOT``).
 """
@@ -28,6 +33,9 @@ from __future__ import annotations
 import math
 import sys
 
+import torch
+
+from ..attention import ViewPairs
 from ..registry import HOST_ADAPTERS
 from .base import HostAdapter
 
@@ -51,6 +59,21 @@ def _rows(S: int, W: int, controller) -> int:
             f"(or make every simulate_sp_size entry a multiple of {controller.bands}) where that pads H to a "
             f"multiple of {controller.bands}, use a frame whose token rows are, or choose bands dividing {H}")
     return H
+
+
+def order_map_pairs(B: int, NC: int, T: int, mv_order_map, device=None) -> ViewPairs:
+    """MagicDrive-V2's cross-view rows (``cat_seq=False``): for each ``target, neighbours`` of the map and
+    each neighbour, the ``B*T`` rows ``(b, t)``; query = frame ``(b*NC + target)*T + t``, key = the
+    neighbour's frame."""
+    bt = torch.arange(B, device=device).view(B, 1) * (NC * T) + torch.arange(T, device=device).view(1, T)
+    q, kv = [], []
+    for target, neighbours in mv_order_map.items():
+        for nb in neighbours:
+            q.append(bt.reshape(-1) + int(target) * T)
+            kv.append(bt.reshape(-1) + int(nb) * T)
+    if not q:
+        raise ValueError("mv_order_map lists no (target, neighbour) pair")
+    return ViewPairs.build(torch.cat(q), torch.cat(kv), B * NC * T)
 
 
 def _sp_group_of(model):
@@ -83,35 +106,23 @@ class MagicDriveV2Adapter(HostAdapter):
         return blocks
 
     def attach(self, model, controller) -> list:
-        # Each model forward starts a new pruning context (``set_frame``) at its first spatial block, the first
-        # place where both W (from x) and this forward's padded H (from S) are known. Any other block (later
-        # in the same forward, or a gradient-checkpoint recompute of an older one) finds its forward's frame,
-        # phase and width in the controller by its t_mlp.
-        state = {"W": None, "new": False}
-
-        def learn_width(module, args, kwargs):
+        # The model forward knows W (from x); the first spatial block knows this forward's padded H (from S).
+        def begin_forward(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
-            state["W"] = math.ceil(x.shape[-1] / module.patch_size[2])
-            state["new"] = True
+            controller.begin_forward(width=math.ceil(x.shape[-1] / module.patch_size[2]))
 
         def enter_block(module, args, kwargs):
-            t_mlp = args[2] if len(args) > 2 else kwargs["t"]
-            S = args[7] if len(args) > 7 else kwargs["S"]
-            if state["new"]:  # first spatial block of a new forward (a freed t_mlp's address may come back)
-                state["new"] = False
-                W = state["W"]
-                H = _rows(int(S), W, controller)
-                controller.set_frame((H, W))
-            else:
-                frame = controller.frame_of(t_mlp)
-                if frame is None:
-                    raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
-                                       "learns the frame width from MagicDriveSTDiT3.forward")
-                W = frame[1]
-                H = _rows(int(S), W, controller)
-            controller.enter_block(t_mlp, (H, W))
+            get = lambda i, k: args[i] if len(args) > i else kwargs[k]  # noqa: E731
+            ctx = controller.enter_block(get(2, "t"))
+            if ctx.width is None:
+                raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
+                                   "learns the frame width from MagicDriveSTDiT3.forward")
+            controller.set_frame_height(ctx, _rows(int(get(7, "S")), ctx.width, controller))
+            if controller.cross_view_modules and ctx.views is None and get(9, "mv_order_map") is not None:
+                x, T, NC = get(0, "x"), int(get(6, "T")), int(get(8, "NC"))
+                ctx.views = order_map_pairs(x.shape[0] // NC, NC, T, get(9, "mv_order_map"), x.device)
 
-        return ([model.register_forward_pre_hook(learn_width, with_kwargs=True)]
+        return ([model.register_forward_pre_hook(begin_forward, with_kwargs=True)]
                 + self.hook_blocks(model, controller, enter_block))
 
     def sp_group(self, model):

@@ -1,8 +1,8 @@
 """Optional fused Triton kernels for the CoReDiT ops (scoring and reconstruction).
 
-``triton`` is an optional import. The ops in :mod:`coredit_video.ops` call :func:`use_triton` and take
-the kernels only when it says so; otherwise (CPU, no triton, ``torch.compile`` tracing, autograd
-needing gradients, float64) they run their pure-torch path, which stays the reference.
+``triton`` is an optional import. The attention layer (:mod:`coredit_video.attention.dispatch`) calls
+:func:`use_triton` and takes the kernels only when it says so; otherwise (CPU, no triton, ``torch.compile``
+tracing, autograd needing gradients, float64) it runs the pure-torch ops, which stay the reference.
 
 Mode (``COREDIT_KERNELS`` environment variable, or :func:`set_mode`):
 
@@ -83,7 +83,7 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 
 def spatial_coherence(x: torch.Tensor, hw, grid, bands: int = 1) -> torch.Tensor:
-    """Fused scoring kernel (see :func:`coredit_video.ops.spatial_coherence`)."""
+    """Fused scoring kernel (same contract as :func:`coredit_video.ops.spatial_coherence`)."""
     from .triton_ops import spatial_coherence_triton
 
     return spatial_coherence_triton(x, hw, grid, bands)

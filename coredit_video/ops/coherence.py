@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from .partition import GridArg, as_pair, cached, cell_counts, check_frame, on_device, partition
 
 
@@ -25,8 +24,6 @@ def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> tor
         raise TypeError(f"x must be a float tensor, got {x.dtype}")
     H, W = check_frame(hw, bands, x.shape[1])
     gh, gw = as_pair(grid, "grid")
-    if kernels.use_triton(x):
-        return kernels.spatial_coherence(x, (H, W), (gh, gw), bands)
     part = partition((H, W), (gh, gw), 1, bands)
     cell = on_device(part.cell, x.device)
     counts = on_device(cached(cell_counts, H, W, bands, gh, gw), x.device)

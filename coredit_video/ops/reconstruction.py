@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from .partition import GridArg, check_frame, on_device, partition
 
 MIN_WEIGHT = 1e-4
@@ -54,8 +53,6 @@ def reconstruct(
         return y_keep.new_empty(Fr, N, C).scatter(1, keep_idx.unsqueeze(-1).expand(Fr, R, C), y_keep)
     if R == 0:
         raise ValueError("every token was skipped; there is nothing to reconstruct from (lower the ratio)")
-    if kernels.use_triton(y_keep, sc):
-        return kernels.reconstruct(y_keep, keep_idx, skip_idx, sc, hw, grid, subgrid, bands)
     part = partition(hw, grid, subgrid, bands)
     dev = y_keep.device
     n_sub, n_cell, n_band = part.n_sub, part.n_cell, part.n_band

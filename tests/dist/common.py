@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import torch
+import torch.distributed as dist
 
 import coredit_video as cv
 from coredit_video.models import MultiViewSTDiT, host_config
@@ -43,6 +44,51 @@ def patch(model, mode: str):
 def loss_of(out: torch.Tensor) -> torch.Tensor:
     w = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
     return (out * w).sum()
+
+
+def run_modes(modes, patch_fn, st=None, build=None, make_inputs=None) -> dict:
+    """One forward and backward of ``build()`` (default :func:`build_host`) on ``make_inputs()`` (default
+    :func:`inputs`) per mode, patched by ``patch_fn(model, mode)``; at SP = ``st.sp_size`` when ``st`` is given
+    (gradients averaged over the world, all-to-all elements per tag summed over ranks), else in-process."""
+    from coredit_video.parallel import measure_comm
+
+    build, make_inputs = build or build_host, make_inputs or inputs
+    out = {}
+    for mode in modes:
+        model = build()
+        if st is not None:
+            model.set_sequence_parallel(st.sp_group)
+        patch_fn(model, mode)
+        with measure_comm() as fwd:
+            y = model(**make_inputs())
+        with measure_comm() as bwd:
+            loss_of(y).backward()
+        grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
+        tags = ("self_attn", "cross_view")
+        volume = torch.tensor([m.by_tag.get(t, 0) for m in (fwd, bwd) for t in tags], dtype=torch.float64)
+        if st is not None:
+            for g in grads.values():
+                dist.all_reduce(g)
+                g /= st.world_size
+            dist.all_reduce(volume)
+        out[mode] = dict(out=y.detach(), grads=grads, self_attn_fwd=volume[0].item(), cross_view_fwd=volume[1].item(),
+                         self_attn_bwd=volume[2].item(), cross_view_bwd=volume[3].item())
+        if st is None:
+            out[mode]["model"] = model
+    return out
+
+
+def assert_sp_matches(got: dict, ref: dict, sp: int, mode: str) -> None:
+    """Output and every gradient of an SP run against the single-process run of the same mode."""
+    torch.testing.assert_close(got["out"], ref["out"], rtol=1e-4, atol=1e-5,
+                               msg=lambda m: f"SP={sp} {mode} output differs from SP=1: {m}")
+    total = torch.stack([g.norm() for g in ref["grads"].values()]).norm()
+    for name, g in ref["grads"].items():
+        # float reduction order differs between SP sizes: compare relative to the gradient's own norm, with a
+        # floor for gradients that are zero in exact arithmetic (e.g. the key-norm bias under softmax)
+        err = (got["grads"][name] - g).norm()
+        assert err <= 1e-4 * g.norm() + 1e-6 * total, (
+            f"SP={sp} {mode}: grad of {name} differs from SP=1 by {err:.2e} (norm {g.norm():.2e})")
 
 
 def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

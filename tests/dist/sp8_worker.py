@@ -9,8 +9,7 @@ import torch
 import coredit_video as cv
 from coredit_video.models import MultiViewSTDiT, host_config
 from coredit_video.parallel import destroy_parallel, init_parallel
-from tests.dist.common import GRIDS, STRIDE
-from tests.dist.sp_worker import run_modes
+from tests.dist.common import GRIDS, STRIDE, run_modes
 
 SP = BANDS = 8
 MODES = {"dense": None, "ratio0.3": 0.3}
@@ -38,7 +37,7 @@ def patch(model, mode: str):
 
 def main(path: str) -> None:
     st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
-    result = run_modes(st, MODES, build_host, inputs, patch)
+    result = run_modes(MODES, patch, st, build_host, inputs)
     if st.rank == 0:
         torch.save(result, path)
     destroy_parallel()

@@ -6,43 +6,18 @@ import sys
 import torch
 import torch.distributed as dist
 
-from coredit_video.parallel import destroy_parallel, init_parallel, measure_comm
-from tests.dist.common import GRIDS, MODES, STRIDE, build_host, inputs, loss_of, patch
+from coredit_video.parallel import destroy_parallel, init_parallel
+from tests.dist.common import GRIDS, MODES, STRIDE, build_host, patch, run_modes
 
 
 def main(path: str) -> None:
     st = init_parallel(sp_size=int(os.environ["WORLD_SIZE"]))
-    result = run_modes(st, MODES, build_host, inputs, patch)
+    result = run_modes(MODES, patch, st)
     result["errors"] = errors(st)
     result["uneven"] = uneven_all_to_all(st)
     if st.rank == 0:
         torch.save(result, path)
     destroy_parallel()
-
-
-def run_modes(st, modes, build_host, inputs, patch) -> dict:
-    """Per mode: output, world-averaged gradients and all-to-all volumes (summed over ranks) of the host
-    ``build_host()`` on ``inputs()`` over ``st``'s SP group, patched by ``patch(model, mode)``."""
-    result = {}
-    for mode in modes:
-        model = build_host()
-        model.set_sequence_parallel(st.sp_group)
-        patch(model, mode)
-        with measure_comm() as fwd:
-            out = model(**inputs())
-        with measure_comm() as bwd:
-            loss_of(out).backward()
-        grads = {}
-        for name, p in model.named_parameters():
-            g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(g)
-            grads[name] = g / st.world_size
-        volume = torch.tensor([fwd.by_tag.get("self_attn", 0), bwd.by_tag.get("self_attn", 0),
-                               fwd.by_tag.get("cross_view", 0)], dtype=torch.float64)
-        dist.all_reduce(volume)
-        result[mode] = dict(out=out.detach(), grads=grads, self_attn_fwd=volume[0].item(),
-                            self_attn_bwd=volume[1].item(), cross_view_fwd=volume[2].item())
-    return result
 
 
 def uneven_all_to_all(st) -> dict:
