@@ -11,6 +11,10 @@ and generates the same held-out scenes from the same noise; only the pruning mec
 ``no_reconstruction``         skipped tokens get no attention output, progressive schedule
 ``uniform``                   every block at ``coredit``'s mean ratio from the first step, then fine-tuned
 ``tome``                      token merging (bipartite soft matching) at the same retained-token count
+``cross_view_kv``             ``coredit`` plus pruned cross-view attention (neighbours' retained keys/values)
+``cross_view_qkv``            ``coredit`` plus pruned cross-view queries, keys and values (reconstructed)
+``self_matched``              self-attention pruning only, at the target ratio that saves the total FLOPs
+                              ``cross_view_kv`` saves (capped at ``prune.max_ratio``)
 ============================  ===========================================================================
 
 Fidelity is measured against the pre-trained host's dense generation of the same scene and noise (the
@@ -29,10 +33,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 log = logging.getLogger("coredit.study")
 
-FINETUNED = ("coredit", "random", "no_reconstruction", "uniform", "tome")
-VARIANTS = ("coredit", "training_free", "random", "no_reconstruction", "uniform", "tome")
+FINETUNED = ("coredit", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv", "cross_view_qkv",
+             "self_matched")
+VARIANTS = ("coredit", "training_free", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv",
+            "cross_view_qkv", "self_matched")
 METHOD_OF = {"coredit": "coredit", "training_free": "coredit", "random": "random",
-             "no_reconstruction": "no_reconstruction", "uniform": "coredit", "tome": "tome"}
+             "no_reconstruction": "no_reconstruction", "uniform": "coredit", "tome": "tome",
+             "cross_view_kv": "coredit", "cross_view_qkv": "coredit", "self_matched": "coredit"}
+CROSS_VIEW_OF = {"cross_view_kv": "kv", "cross_view_qkv": "qkv"}
 FIELDS = ("variant", "seed", "mean_ratio", "self_attention_reduction", "total_reduction", "fidelity_PSNR",
           "fidelity_SSIM", "PSNR", "SSIM", "mAP", "mIoU")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +69,8 @@ class StudySettings:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
         if ("training_free" in self.variants or "uniform" in self.variants) and "coredit" not in self.variants:
             raise ValueError("variants training_free and uniform take coredit's plan: include coredit")
+        if "self_matched" in self.variants and "cross_view_kv" not in self.variants:
+            raise ValueError("variant self_matched matches cross_view_kv's FLOPs: include cross_view_kv")
         if not self.seeds:
             raise ValueError("give at least one seed")
         if self.scenes < 1 or self.nproc < 1:
@@ -69,7 +79,7 @@ class StudySettings:
 
 # ---------------------------------------------------------------------------------------------- pieces
 def train_options(s: StudySettings, variant: str, seed: int, work_dir: str,
-                  coredit_plan: Optional[dict] = None) -> Dict[str, Any]:
+                  coredit_plan: Optional[dict] = None, target_ratio: Optional[float] = None) -> Dict[str, Any]:
     """The ``--cfg-options`` of one fine-tuning run (DP only: the token-merging baseline has no SP path)."""
     opts: Dict[str, Any] = {"work_dir": work_dir, "seed": seed, "data.seed": s.world_seed, "parallel.sp_size": 1,
                             "prune.method": METHOD_OF[variant]}
@@ -80,17 +90,24 @@ def train_options(s: StudySettings, variant: str, seed: int, work_dir: str,
             raise ValueError("the uniform variant needs coredit's plan (its mean ratio)")
         m = float(coredit_plan["mean_ratio"])
         opts.update({"prune.ratios": m, "schedule.target_ratio": m})
+    if variant in CROSS_VIEW_OF:
+        opts["prune.cross_view"] = CROSS_VIEW_OF[variant]
+    if variant == "self_matched":
+        if target_ratio is None:
+            raise ValueError("the self_matched variant needs its FLOPs-matched target ratio")
+        opts["schedule.target_ratio"] = target_ratio
     opts.update(s.extra_options)
     return opts
 
 
-def finetune(s: StudySettings, variant: str, seed: int, coredit_plan: Optional[dict] = None) -> str:
+def finetune(s: StudySettings, variant: str, seed: int, coredit_plan: Optional[dict] = None,
+             target_ratio: Optional[float] = None) -> str:
     """Fine-tune one variant (resumes a finished or interrupted run); returns its work dir."""
     work = os.path.join(s.out, "runs", f"{variant}_seed{seed}")
     if os.path.isfile(os.path.join(work, "plan.json")):
         log.info("%s seed %d: already fine-tuned (%s)", variant, seed, work)
         return work
-    opts = train_options(s, variant, seed, work, coredit_plan)
+    opts = train_options(s, variant, seed, work, coredit_plan, target_ratio)
     log.info("%s seed %d: fine-tuning -> %s", variant, seed, work)
     os.makedirs(work, exist_ok=True)
     args = [os.path.join(REPO, "tools", "train.py"), s.config, "--resume", "auto", "--cfg-options",
@@ -111,15 +128,27 @@ def read_plan(path: str) -> dict:
         return json.load(f)
 
 
-def flops_of(bundle, plan: dict, bands: int, stride: int) -> Dict[str, float]:
-    """Self-attention and total FLOPs saved by ``plan`` at the held-out shape (one sample)."""
+def flops_of(bundle, ratios, bands: int, stride: int, cross_view: str = "off") -> Dict[str, float]:
+    """Self-attention and total FLOPs saved by per-block ``ratios`` at the held-out shape (one sample)."""
     from .flops import count_flops
 
     x = bundle.latents(bundle.collate([bundle.dataset[0]]))
-    res = count_flops(bundle.spec, None, views=bundle.spec.views, ratios=list(plan["ratios"]), bands=bands,
-                      hw_tokens=bundle.token_grid(x), latent_frames=x.shape[3], stride=stride)
+    res = count_flops(bundle.spec, None, views=bundle.spec.views, ratios=list(ratios), bands=bands,
+                      hw_tokens=bundle.token_grid(x), latent_frames=x.shape[3], stride=stride, cross_view=cross_view)
     return dict(self_attention_reduction=float(res["self_attention_reduction"]),
                 total_reduction=float(res["total_reduction"]))
+
+
+def matched_target(bundle, target: float, n_blocks: int, bands: int, stride: int, cap: float, delta: float) -> float:
+    """The smallest self-attention-only mean ratio on the ``delta`` lattice (uniform estimate) whose total FLOPs
+    saving reaches that of ``target`` with cross-view ``kv`` pruning; ``cap`` if none does."""
+    want = flops_of(bundle, [target] * n_blocks, bands, stride, "kv")["total_reduction"]
+    r = target
+    while r < cap - 1e-9:
+        if flops_of(bundle, [r] * n_blocks, bands, stride)["total_reduction"] >= want - 1e-9:
+            return round(r, 9)
+        r = min(cap, r + delta)
+    return cap
 
 
 def uniform_plan(ctrl_plan: dict, ratio: float) -> dict:
@@ -235,11 +264,11 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
             load_weights(b.model, list_checkpoints(checkpoint_dir(weights))[-1][1])
         return b
 
-    def videos(name: str, seed: int, weights: str, plan: Optional[str], method: str) -> str:
+    def videos(name: str, seed: int, weights: str, plan: Optional[str], method: str, cross_view: str = "off") -> str:
         out = os.path.join(s.out, "videos", f"seed{seed}", name)
         if os.path.isfile(os.path.join(out, "generation.json")):
             return out
-        prune = dc.replace(tcfg.prune, method=method, ratios=0.0, plan=None)
+        prune = dc.replace(tcfg.prune, method=method, ratios=0.0, plan=None, cross_view=cross_view)
         b = bundle_with(weights)
         generate(b, out, rflow, prune_cfg=prune, plan=plan, seed=seed, codec=b.codec, progress=progress,
                  meta=dict(variant=name, weights=weights))
@@ -252,6 +281,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
     probe = build_host_bundle(tcfg.model, held, tcfg.seed)
     dataset = probe.dataset
     bands, stride = tcfg.prune.bands or 1, tcfg.prune.stride
+    n_blocks = probe.model.config.depth + probe.model.config.control_depth  # base + control spatial blocks
     rows: List[dict] = []
     reference: Dict[str, Any] = {}
     for seed in s.seeds:
@@ -263,15 +293,21 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
             reference = ref
         plans: Dict[str, dict] = {}
         work: Dict[str, str] = {}
+        matched = None
+        if "self_matched" in s.variants:
+            matched = matched_target(probe, tcfg.schedule.target_ratio, n_blocks, bands, stride,
+                                     tcfg.prune.max_ratio, tcfg.schedule.delta_ratio)
         for v in [v for v in s.variants if v in FINETUNED]:  # coredit first: uniform takes its mean ratio
-            work[v] = finetune(s, v, seed, plans.get("coredit"))
+            work[v] = finetune(s, v, seed, plans.get("coredit"), matched)
             plans[v] = read_plan(os.path.join(work[v], "plan.json"))
         for v in s.variants:
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
-            folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v])
+            folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],
+                            CROSS_VIEW_OF.get(v, "off"))
             rows.append(dict(variant=v, seed=seed, mean_ratio=float(plan["mean_ratio"]),
-                             **flops_of(probe, plan, bands, stride), **score(v, folder, dense_dir, dataset)))
+                             **flops_of(probe, plan["ratios"], bands, stride, CROSS_VIEW_OF.get(v, "off")),
+                             **score(v, folder, dense_dir, dataset)))
             log.info("%s seed %d: %s", v, seed, {k: rows[-1][k] for k in FIELDS[2:]})
     curve: List[dict] = []
     seed0 = s.seeds[0]
@@ -287,7 +323,8 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
             with open(plan_path, "w") as f:
                 json.dump(plan, f, indent=2)
             folder = videos(name, seed0, "pretrained", plan_path, method)
-            curve.append(dict(method=method, ratio=float(r), seed=seed0, **flops_of(probe, plan, bands, stride),
+            curve.append(dict(method=method, ratio=float(r), seed=seed0,
+                              **flops_of(probe, plan["ratios"], bands, stride),
                               **score(name, folder, dense_dir, dataset)))
     plots: Dict[str, str] = {}
     if curve:

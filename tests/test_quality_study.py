@@ -42,6 +42,30 @@ def test_progressive_variants_change_only_the_mechanism(variant, method):
     assert tcfg.train.init_from == base.train.init_from == "embedded"  # same starting weights
 
 
+@pytest.mark.parametrize("variant,mode", [("cross_view_kv", "kv"), ("cross_view_qkv", "qkv")])
+def test_cross_view_variants_add_only_cross_view_pruning(variant, mode):
+    s = StudySettings(config=CONFIG)
+    tcfg, base = _config(train_options(s, variant, 0, "/tmp/x")), _config({})
+    assert tcfg.prune.cross_view == mode and tcfg.prune.method == "coredit" and tcfg.schedule == base.schedule
+
+
+def test_self_matched_raises_the_self_attention_target_to_the_cross_view_flops():
+    import dataclasses
+
+    from coredit_video.quality_study import flops_of, matched_target
+    from coredit_video.training.hosts import build_host_bundle
+
+    base = _config({})
+    bundle = build_host_bundle(base.model, dict(base.data, num_samples=1), 0)
+    target = matched_target(bundle, 0.26, 3, 2, 3, 0.5, 0.05)
+    kv = flops_of(bundle, [0.26] * 3, 2, 3, "kv")["total_reduction"]
+    assert target > 0.26
+    assert target == 0.5 or flops_of(bundle, [target] * 3, 2, 3)["total_reduction"] >= kv - 1e-9
+    assert flops_of(bundle, [target - 0.05] * 3, 2, 3)["total_reduction"] < kv  # the smallest such ratio
+    tcfg = _config(train_options(StudySettings(config=CONFIG), "self_matched", 0, "/tmp/x", target_ratio=target))
+    assert tcfg.schedule == dataclasses.replace(base.schedule, target_ratio=target) and tcfg.prune.cross_view == "off"
+
+
 def test_uniform_plan_keeps_the_layout():
     plan = {"ratios": [0.1, 0.3, 0.4], "mean_ratio": 0.2667, "bands": 2, "stride": 3, "grids": [[[8, 4], [4, 2]]]}
     out = uniform_plan(plan, 0.25)
@@ -54,6 +78,8 @@ def test_settings_are_validated():
         StudySettings(variants=["uniform"])
     with pytest.raises(ValueError, match="unknown variant"):
         StudySettings(variants=["coredit", "magic"])
+    with pytest.raises(ValueError, match="include cross_view_kv"):
+        StudySettings(variants=["coredit", "self_matched"])
 
 
 def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
