@@ -43,7 +43,7 @@ def loss_curve(log_path: str, out_png: str) -> dict:
     smooth = np.convolve(l_, np.ones(k) / k, mode="valid")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(s, l_, lw=0.6, alpha=0.4, label="logged loss")
-    ax.plot(s[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
+    ax.plot(s[k - 1:], smooth, lw=1.5, label=f"mean of {k} logged points")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
