@@ -235,8 +235,6 @@ def plot_curve(curve: List[dict], reference: dict, path: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------- the study
 def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
     """Run (or resume) the whole study; writes ``quality.json`` / ``quality.md`` / plots into ``s.out``."""
-    import dataclasses as dc
-
     from mmengine.config import Config
 
     from .evaluation.pipeline import evaluate_run
@@ -251,7 +249,8 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
     cfg = Config.fromfile(s.config)
     cfg.merge_from_dict({"data.seed": s.world_seed, **s.extra_options})
     tcfg = build_train_config(cfg)
-    rflow = tcfg.rflow if s.sampling_steps is None else dc.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
+    rflow = tcfg.rflow if s.sampling_steps is None else \
+        dataclasses.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
     protocol = protocol_from_config(s.eval_config)
     held = held_out_data(tcfg.data, s.scenes, s.seed_offset)
     init = tcfg.train.init_from or "embedded"
@@ -268,7 +267,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         out = os.path.join(s.out, "videos", f"seed{seed}", name)
         if os.path.isfile(os.path.join(out, "generation.json")):
             return out
-        prune = dc.replace(tcfg.prune, method=method, ratios=0.0, plan=None, cross_view=cross_view)
+        prune = dataclasses.replace(tcfg.prune, method=method, ratios=0.0, plan=None, cross_view=cross_view)
         b = bundle_with(weights)
         generate(b, out, rflow, prune_cfg=prune, plan=plan, seed=seed, codec=b.codec, progress=progress,
                  meta=dict(variant=name, weights=weights))
@@ -331,7 +330,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         p = plot_curve(curve, reference, os.path.join(s.out, "quality_vs_ratio.png"))
         if p:
             plots["quality against the pruning ratio"] = p
-    payload = dict(settings=dc.asdict(s), results=rows, curve=curve)
+    payload = dict(settings=dataclasses.asdict(s), results=rows, curve=curve)
     with open(os.path.join(s.out, "quality.json"), "w") as f:
         json.dump(payload, f, indent=2, default=str)
     with open(os.path.join(s.out, "quality.md"), "w") as f:

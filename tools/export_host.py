@@ -32,6 +32,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from coredit_video.generation import load_weights
     from coredit_video.models.shipped import export_host, shipped_paths
     from coredit_video.training.checkpoint import checkpoint_dir, list_checkpoints
     from coredit_video.training.config import build_train_config
@@ -50,12 +51,8 @@ def main(argv=None) -> int:
         ckpt = found[-1][1]
     state = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
     model = build_host_bundle(tcfg.model, dict(tcfg.data, num_samples=1), tcfg.seed).model
-    if args.weights == "ema":
-        weights = state["ema"]["shadow"]
-    else:
-        weights = torch.load(os.path.join(ckpt, "engine", "mp_rank_00_model_states.pt"), map_location="cpu",
-                             weights_only=False)["module"]
-    model.load_state_dict(weights, strict=True)  # the names are the host's: fail here, not at load time
+    load_weights(model, ckpt, use_ema=args.weights == "ema")  # the host's names: a mismatch fails here
+    weights = model.state_dict()
     out = args.out or shipped_paths()[0]
     manifest = export_host(weights, model.config, out, meta=dict(
         step=int(state["step"]), weights=args.weights, ema_decay=float(state["ema"]["decay"]),
