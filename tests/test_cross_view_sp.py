@@ -1,12 +1,11 @@
 """Cross-view pruning under sequence parallelism (torchrun, gloo): SP=2 and SP=4 equal SP=1 in outputs and
 gradients, and the cross-view all-to-alls carry only retained tokens (bytes measured per mode)."""
 import pytest
-import torch
 
 import coredit_video as cv
 from coredit_video import get_controller
 from coredit_video.ops import band_budgets
-from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes, torchrun
+from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes, sp_results
 
 RATIO = 0.3
 # mode name -> (cross_view, cross_view_select, ratio)
@@ -27,9 +26,7 @@ def reference():
 
 @pytest.fixture(scope="module", params=[2, 4])
 def sp_run(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cvsp") / f"sp{request.param}.pt"
-    torchrun("cross_view_worker.py", request.param, str(path))
-    return request.param, torch.load(path)
+    return sp_results("cross_view_worker.py", request.param, tmp_path_factory.mktemp("cvsp"))
 
 
 @pytest.mark.parametrize("mode", list(CROSS_VIEW_MODES))

@@ -5,7 +5,7 @@ import torch
 from coredit_video import get_controller
 from coredit_video.ops import band_budgets
 from tests.dist.common import (BANDS, MESH_OPTIM, MESH_STEPS, MODES, assert_sp_matches, build_host, mesh_batch,
-                               mesh_loss, patch, run_modes, torchrun)
+                               mesh_loss, patch, run_modes, sp_results, torchrun)
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +15,7 @@ def reference():
 
 @pytest.fixture(scope="module", params=[2, 4])
 def sp_run(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sp") / f"sp{request.param}.pt"
-    torchrun("sp_worker.py", request.param, str(path))
-    return request.param, torch.load(path)
+    return sp_results("sp_worker.py", request.param, tmp_path_factory.mktemp("sp"))
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -108,6 +108,13 @@ MESH_GLOBAL_BATCH = 4
 MESH_OPTIM = dict(lr=1e-3, eps=1e-6, weight_decay=0.01)
 
 
+def sp_results(worker: str, sp: int, tmp_dir) -> tuple:
+    """``(sp, {mode: results})`` of ``worker`` run by torchrun on ``sp`` gloo processes."""
+    path = os.path.join(str(tmp_dir), f"sp{sp}.pt")
+    torchrun(worker, sp, path)
+    return sp, torch.load(path)
+
+
 def mesh_batch(step: int, dp_rank: int = 0, dp_size: int = 1):
     """This DP rank's share of the global batch of ``step`` (the whole batch when ``dp_size == 1``)."""
     full = inputs(seed=100 + step, batch=MESH_GLOBAL_BATCH)
