@@ -2,7 +2,7 @@
 # stand-in for MagicDrive-V2's released stage-3 checkpoint that the embedded main job fine-tunes from.
 # No pruning (target ratio 0), no distillation; DP=2 on 2 CPU processes; resumable.
 #   torchrun --nproc_per_node 2 tools/train.py configs/embedded_pretrain.py --resume auto
-#   python tools/export_host.py configs/embedded_pretrain.py      # -> coredit_video/models/weights/embedded_tiny.pt
+#   python tools/export_host.py configs/embedded_pretrain.py  # -> coredit_video/embedded/host/weights/embedded_tiny.pt
 _base_ = ["./_base_/embedded_world.py"]
 work_dir = "work_dirs/embedded_pretrain"
 seed = 0

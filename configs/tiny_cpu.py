@@ -18,6 +18,7 @@ prune = dict(
 schedule = dict(delta_ratio=0.05, interval=3, target_ratio=0.26)  # capped by prune.max_ratio
 distill = dict(enabled=True, alpha=0.5, beta=0.5)
 optim = dict(lr=2e-4, weight_decay=0.0, grad_clip=1.0, zero_stage=2, precision="fp32")
-# init_from: the shipped pre-trained host (coredit_video/models/weights/embedded_tiny.pt, configs/embedded_pretrain.py)
+# init_from: the shipped pre-trained host (coredit_video/embedded/host/weights/embedded_tiny.pt,
+# built by configs/embedded_pretrain.py)
 train = dict(steps=72, micro_batch=1, grad_accum=1, ckpt_every=24, keep_last=2, log_every=6, ema_decay=0.95,
              init_from="embedded")

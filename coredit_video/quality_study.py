@@ -240,7 +240,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
     from .evaluation.pipeline import evaluate_run
     from .evaluation.protocol import protocol_from_config
     from .generation import generate, load_weights
-    from .models.shipped import load_host_weights
+    from .embedded.perception.evaluate import synthetic_scorer
     from .training.checkpoint import checkpoint_dir, list_checkpoints
     from .training.config import build_train_config
     from .training.hosts import build_host_bundle, held_out_data
@@ -258,7 +258,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
     def bundle_with(weights: str):
         b = build_host_bundle(tcfg.model, held, tcfg.seed)
         if weights == "pretrained":
-            load_host_weights(b.model, init)
+            b.init_weights(b.model, init)
         else:
             load_weights(b.model, list_checkpoints(checkpoint_dir(weights))[-1][1])
         return b
@@ -274,7 +274,8 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         return out
 
     def score(name: str, folder: str, ref: Optional[str], dataset) -> dict:
-        r = evaluate_run(name, 0.0, folder, protocol, dataset=dataset, fidelity_to=ref)
+        scorer = synthetic_scorer(dataset, protocol, progress=progress)
+        r = evaluate_run(name, 0.0, folder, protocol, perception=scorer, fidelity_to=ref)
         return {k: r.metrics.get(k) for k in ("fidelity_PSNR", "fidelity_SSIM", "PSNR", "SSIM", "mAP", "mIoU")}
 
     probe = build_host_bundle(tcfg.model, held, tcfg.seed)

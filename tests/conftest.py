@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from coredit_video.models import MultiViewSTDiT, host_config
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
 
 SMALL_GRIDS = [((4, 4), (2, 2)), ((3, 3), (2, 2))]
 

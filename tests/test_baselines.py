@@ -4,7 +4,7 @@ import torch
 
 from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.attention.baselines import bipartite_merge, random_scores, scatter_rows
-from coredit_video.models.layers import Attention
+from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets, select_tokens, spatial_coherence
 
 HW = (8, 12)

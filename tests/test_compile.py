@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from coredit_video.attention import BlockLayout, pruned_self_attention
-from coredit_video.models.layers import Attention
+from coredit_video.embedded.host.layers import Attention
 
 torch_dynamo = pytest.importorskip("torch._dynamo")
 

@@ -9,7 +9,7 @@ import torch
 
 import coredit_video as cv
 from coredit_video import ops
-from coredit_video.models import MultiViewSTDiT, host_config
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
 
 GRIDS = [((4, 4), (2, 2)), ((3, 4), (3, 2))]
 STRIDE = 2

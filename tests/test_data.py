@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from coredit_video.data import BevGrid, CAMERA_NAMES, CLASS_NAMES, SyntheticDrivingDataset, collate, encode_condition
-from coredit_video.data.cameras import project
-from coredit_video.data.classes import CATEGORY_NAMES, CLASS_COLORS
-from coredit_video.data.codec import ToyCodec, psnr
-from coredit_video.data.geometry import (BOX_FACES, apply_transform, box_corners, invert_transform,
+from coredit_video.embedded.world import (BevGrid, CAMERA_NAMES, CLASS_NAMES, SyntheticDrivingDataset, collate,
+                                         encode_condition)
+from coredit_video.embedded.world.cameras import project
+from coredit_video.embedded.world.classes import CATEGORY_NAMES, CLASS_COLORS
+from coredit_video.embedded.codec import ToyCodec, psnr
+from coredit_video.embedded.world.geometry import (BOX_FACES, apply_transform, box_corners, invert_transform,
                                          matrix_to_quaternion, quaternion_to_matrix, quaternion_to_yaw)
-from coredit_video.data.scene import EGO_LENGTH, EGO_REAR_OVERHANG, EGO_WIDTH, _footprint, _overlap
+from coredit_video.embedded.world.scene import EGO_LENGTH, EGO_REAR_OVERHANG, EGO_WIDTH, _footprint, _overlap
 
 TENSOR_KEYS = ("video", "cams", "intrinsics", "cam2ego", "ego2global", "boxes", "labels", "box_mask", "box_pixels",
                "box_visibility", "y", "bev_map", "timestamps")
@@ -259,8 +260,8 @@ def test_nuscenes_export_loads_in_the_devkit(tmp_path):
     from nuscenes.nuscenes import NuScenes
     from PIL import Image
 
-    from coredit_video.data.infos import load_infos
-    from coredit_video.data.nuscenes_export import write_nuscenes
+    from coredit_video.embedded.world.infos import load_infos
+    from coredit_video.embedded.world.nuscenes_export import write_nuscenes
 
     ds = small(4, frames=3, seed=7)
     out = write_nuscenes(ds, str(tmp_path), indices=[0, 1])

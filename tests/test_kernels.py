@@ -11,7 +11,7 @@ import torch
 
 from coredit_video import kernels
 from coredit_video.attention import BlockLayout, pruned_self_attention
-from coredit_video.models.layers import Attention
+from coredit_video.embedded.host.layers import Attention
 from coredit_video.attention.dispatch import reconstruct, spatial_coherence
 from coredit_video.ops import band_budgets, select_tokens
 from coredit_video.ops.partition import _partition, cell_counts, forced_mask, free_per_band

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from coredit_video.data import CLASS_NAMES, SyntheticDrivingDataset
-from coredit_video.data.classes import CLASS_SIZES
-from coredit_video.data.geometry import quaternion_to_matrix
+from coredit_video.embedded.world import CLASS_NAMES, SyntheticDrivingDataset
+from coredit_video.embedded.world.classes import CLASS_SIZES
+from coredit_video.embedded.world.geometry import quaternion_to_matrix
 from coredit_video.evaluation.metrics_bev import bev_iou
 from coredit_video.evaluation.metrics_det import center_distance_ap
-from coredit_video.evaluation.pipeline import evaluate_perception
-from coredit_video.perception import (Calibration, SyntheticPerception, boxes_to_global, frames_from_video,
+from coredit_video.embedded.perception.evaluate import evaluate_perception
+from coredit_video.embedded.perception import (Calibration, SyntheticPerception, boxes_to_global, frames_from_video,
                                       gaussian_blur, gaussian_noise, ground_truth_boxes, shift)
-from coredit_video.perception.fitting import fit_box, make_view
-from coredit_video.perception.segmentation import classify_ground, classify_objects, connected_components
+from coredit_video.embedded.perception.fitting import fit_box, make_view
+from coredit_video.embedded.perception.segmentation import classify_ground, classify_objects, connected_components
 
 
 def _bfs_components(labels):

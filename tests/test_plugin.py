@@ -8,7 +8,7 @@ import torch
 
 import coredit_video as cv
 from coredit_video.attention import BlockLayout, dense_self_attention, pruned_self_attention
-from coredit_video.models import MultiViewSTDiT, host_config
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.ops import reconstruct, select_tokens, spatial_coherence
 
 from .conftest import SMALL_GRIDS

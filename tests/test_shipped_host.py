@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from coredit_video.models import MultiViewSTDiT, host_config
-from coredit_video.models.shipped import (REBUILD_COMMAND, ShippedWeightsError, load_host_weights, load_shipped_host,
-                                          shipped_paths)
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
+from coredit_video.embedded.host.shipped import (REBUILD_COMMAND, ShippedWeightsError, load_host_weights,
+                                                 load_shipped_host, shipped_paths)
 
 PT, MANIFEST = shipped_paths()
 
@@ -35,7 +35,7 @@ def test_loads_strictly_and_every_weight_is_the_file_s():
 
 
 def _flow_loss(model, item, codec, t_value):
-    from coredit_video.data import collate
+    from coredit_video.embedded.world import collate
 
     batch = collate([item])
     x0 = codec.encode(batch["video"])
@@ -50,8 +50,8 @@ def _flow_loss(model, item, codec, t_value):
 
 
 def test_pre_trained_host_predicts_the_flow_on_held_out_scenes():
-    from coredit_video.data import SyntheticDrivingDataset
-    from coredit_video.data.codec import ToyCodec
+    from coredit_video.embedded.world import SyntheticDrivingDataset
+    from coredit_video.embedded.codec import ToyCodec
 
     ds = SyntheticDrivingDataset(num_samples=2, views=6, frames=2, image_hw=(64, 112), seed=4242, cond_dim=32)
     codec = ToyCodec(latent_channels=4, factor=2)

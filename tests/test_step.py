@@ -5,7 +5,7 @@ import torch
 import coredit_video as cv
 from coredit_video.rflow import RFlowConfig
 from coredit_video.schedule import ProgressiveSchedule, ScheduleConfig
-from coredit_video.training.hosts import builtin_forward
+from coredit_video.embedded.host.bundle import builtin_forward
 from coredit_video.training.losses import DistillConfig, flow_loss
 from coredit_video.training.step import (BlockCapture, begin_step, distill_terms, end_step, make_teacher,
                                          run_phases, take_rows)

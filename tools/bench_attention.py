@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover
 from coredit_video.attention import BlockLayout, dense_self_attention, pruned_self_attention  # noqa: E402
 from coredit_video.attention.pruned import gather_tokens  # noqa: E402
 from coredit_video.flops import tokens_for_resolution  # noqa: E402
-from coredit_video.models.layers import Attention  # noqa: E402
+from coredit_video.embedded.host.layers import Attention  # noqa: E402
 from coredit_video.ops import band_budgets, reconstruct, select_tokens, spatial_coherence  # noqa: E402
 
 # MagicDrive-V2 stage-3 bucket_config, 17-frame buckets ("H-W-fps-frames": batch per data-parallel rank)

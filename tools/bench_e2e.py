@@ -41,7 +41,7 @@ import coredit_video as cv  # noqa: E402
 from coredit_video import kernels  # noqa: E402
 from coredit_video.flops import PRESETS, count_flops, parse_hw  # noqa: E402
 from coredit_video.plan import read_plan  # noqa: E402
-from coredit_video.models import MultiViewSTDiT, host_config  # noqa: E402
+from coredit_video.embedded.host import MultiViewSTDiT, host_config  # noqa: E402
 
 
 def build(args, device, dtype):

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import coredit_video as cv  # noqa: E402
-from coredit_video.models import MultiViewSTDiT, host_config  # noqa: E402
+from coredit_video.embedded.host import MultiViewSTDiT, host_config  # noqa: E402
 from coredit_video.parallel import destroy_parallel, init_parallel, measure_comm  # noqa: E402
 
 

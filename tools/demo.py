@@ -19,7 +19,7 @@ from tqdm import tqdm  # noqa: E402
 
 import coredit_video as cv  # noqa: E402
 from coredit_video import flops  # noqa: E402
-from coredit_video.models import MultiViewSTDiT, host_config  # noqa: E402
+from coredit_video.embedded.host import MultiViewSTDiT, host_config  # noqa: E402
 
 
 def sample(model, inputs, steps: int, ctrl=None, desc: str = "") -> torch.Tensor:

@@ -23,7 +23,8 @@ def synthetic_dataset(data_cfg: dict):
     from mmengine.config import Config
 
     from coredit_video.training.config import build_train_config
-    from coredit_video.training.hosts import held_out_data, synthetic_dataset as build
+    from coredit_video.embedded.host.bundle import synthetic_dataset as build
+    from coredit_video.training.hosts import held_out_data
 
     tcfg = build_train_config(Config.fromfile(data_cfg["train_config"]))
     data = held_out_data(tcfg.data, data_cfg.get("num_samples", 4), data_cfg.get("seed_offset", 1000))
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
                     help="method names of reference rows (e.g. gt_codec pretrained): listed first, no Δ row")
     args = ap.parse_args(argv)
 
+    from coredit_video.embedded.perception.evaluate import synthetic_scorer
     from coredit_video.evaluation.pipeline import evaluate_run
     from coredit_video.evaluation.protocol import protocol_from_config
     from coredit_video.evaluation.report import markdown_table, write_report
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         data_cfg = dict(cfg.get("data", {}))
         dataset = synthetic_dataset(data_cfg)
         if data_cfg.get("nuscenes_dir"):  # ground truth through the devkit, from a nuScenes-format export
-            from coredit_video.data.nuscenes_export import write_nuscenes
+            from coredit_video.embedded.world.nuscenes_export import write_nuscenes
             from nuscenes import NuScenes
 
             import shutil
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
         nusc = NuScenes(version=version, dataroot=root, verbose=False)
     else:
         ap.error(f"perception.type must be 'synthetic' or 'bevformer', got {kind!r}")
+    scorer = synthetic_scorer(dataset, protocol, nusc=nusc) if kind == "synthetic" else None
     results = []
     for folder, name, ratio in zip(args.videos, names, ratios):
         if ratio == "auto":
@@ -108,7 +111,7 @@ def main(argv=None) -> int:
             if os.path.isfile(meta):
                 with open(meta) as f:
                     ratio = json.load(f).get("mean_ratio", 0.0)
-        res = evaluate_run(name, float(ratio), folder, protocol, dataset=dataset, perception=kind,
+        res = evaluate_run(name, float(ratio), folder, protocol, perception=scorer or kind,
                            lpips_weights=args.lpips_weights, runner=runner, nusc=nusc,
                            info_path=info, fidelity_to=fidelity_to, reference=name in args.references,
                            i3d_weights=args.i3d_weights)

@@ -3,7 +3,7 @@
 
     python tools/export_host.py configs/embedded_pretrain.py [--work-dir DIR] [--ckpt PATH] [--out FILE.pt]
 
-Default output: ``coredit_video/models/weights/embedded_tiny.pt`` and ``.json`` (sha256, host config, step).
+Default output: ``coredit_video/embedded/host/weights/embedded_tiny.pt`` and ``.json`` (sha256, host config, step).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import torch
 
     from coredit_video.generation import load_weights
-    from coredit_video.models.shipped import export_host, shipped_paths
+    from coredit_video.embedded.host.shipped import export_host, shipped_paths
     from coredit_video.training.checkpoint import checkpoint_dir, list_checkpoints
     from coredit_video.training.config import build_train_config
     from coredit_video.training.hosts import build_host_bundle

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             return 2
     weights = "random"
     if ckpt == "embedded" or ckpt.endswith(".pt"):
-        from coredit_video.models.shipped import ShippedWeightsError, load_host_weights
+        from coredit_video.embedded.host.shipped import ShippedWeightsError, load_host_weights
 
         try:
             weights = load_host_weights(bundle.model, ckpt)

@@ -107,10 +107,11 @@ def main(argv=None) -> int:
             print(f"error: {p} not found", file=sys.stderr)
             return 2
 
+    from coredit_video.embedded.perception.evaluate import synthetic_scorer
     from coredit_video.evaluation.pipeline import evaluate_run
     from coredit_video.evaluation.protocol import protocol_from_config
     from coredit_video.generation import generate, write_codec_reference
-    from coredit_video.models.shipped import ShippedWeightsError, load_host_weights
+    from coredit_video.embedded.host.shipped import ShippedWeightsError, load_host_weights
     from coredit_video.training.config import build_train_config
     from coredit_video.training.hosts import build_host_bundle, held_out_data
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
              meta=dict(weights=weights))
     rows = {}
     for label, d in dirs.items():
-        r = evaluate_run(label, 0.0, d, protocol, dataset=bundle.dataset)
+        r = evaluate_run(label, 0.0, d, protocol, perception=synthetic_scorer(bundle.dataset, protocol))
         rows[label] = {k: r.metrics.get(k) for k in ("mAP", "NDS", "mIoU", "PSNR", "SSIM")}
     loss = loss_curve(args.train_log, os.path.join(args.out, "loss.png"))
     frame_grid(dirs, os.path.join(args.out, "frames.png"), args.grid_scenes, protocol.cameras)

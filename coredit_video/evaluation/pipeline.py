@@ -2,7 +2,7 @@
 
 Two perception paths share everything else:
 
-- ``synthetic`` (embedded default): the built-in :class:`~coredit_video.perception.SyntheticPerception`
+- ``synthetic`` (embedded default): the built-in :class:`~coredit_video.embedded.perception.SyntheticPerception`
   runs in-process on the decoded key frames; calibration, ego poses and ground truth come from the
   synthetic dataset the videos were generated from (matched by sample token).
 - ``bevformer``: key frames are exported with a rewritten info file and the user's BEVFormer runs in
@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
-from .metrics_bev import BEVIoU, mean_iou_summaries
-from .metrics_det import DEFAULT_DIST_THRESHOLDS, center_distance_ap, evaluate_detection, mean_detection
+from .metrics_bev import mean_iou_summaries
+from .metrics_det import evaluate_detection, mean_detection
 from .metrics_video import MetricSkipped, compare_video_sets
 from .protocol import EvalProtocol
 from .report import MethodResult
-from .video_io import find_clips, find_gt_clips, read_video
+from .video_io import find_clips, find_gt_clips
 
 log = logging.getLogger("coredit.eval")
-
-
-def _summary(r) -> Dict[str, Any]:
-    return dict(mAP=float(r.mAP), NDS=float(r.NDS), class_ap=dict(r.class_ap))
 
 
 def _gt_dir(videos_dir: str) -> str:
@@ -105,71 +100,17 @@ def fidelity_metrics(videos_dir: str, dense_dir: str, protocol: EvalProtocol) ->
             "fidelity_SSIM": float(np.mean([g["ssim"] for g in per_gen]))}
 
 
-def synthetic_perception_metrics(videos_dir: str, dataset, protocol: EvalProtocol, progress: bool = True,
-                                 perception=None, nusc=None) -> Dict[str, Any]:
-    """mAP / NDS (nuScenes DetectionEval) and BEV mIoU of the built-in perception on every generation.
-
-    Ground truth for detection: the nuScenes-format export of ``dataset`` read back by the devkit when
-    ``nusc`` is given (``NuScenes(version="v1.0-synthetic", dataroot=...)``), else the dataset's boxes."""
-    from tqdm import tqdm
-
-    from ..data import BEV_CHANNELS
-    from ..perception import Calibration, SyntheticPerception, boxes_to_global, ground_truth_boxes
-
-    model = perception or SyntheticPerception()
-    gens = find_clips(os.path.join(videos_dir, "gen_video"), protocol.cameras)
-    by_token = {}
-    for i in range(len(dataset)):
-        item = dataset[i]
-        by_token[item["token"]] = item
-    missing = sorted(set(gens) - set(by_token))
-    if missing:
-        raise KeyError(f"{len(missing)} generated tokens are not in the dataset (e.g. {missing[:2]}); generate and "
-                       "evaluate with the same data config and seed offset")
-    ks = sorted({k for g in gens.values() for k in g if k >= 0})
-    det_results, ious = [], []
-    for k in ks:
-        preds, gts, ego = {}, {}, {}
-        # W-CODA's rule per generation: TP / FP / FN summed over its maps, a class empty in both scores 0
-        iou = BEVIoU(BEV_CHANNELS, mode="multilabel", absent_score=0.0)
-        for tok in tqdm(sorted(gens), desc=f"perception gen{k}", disable=not progress, file=sys.stderr):
-            if k not in gens[tok]:
-                continue
-            item = by_token[tok]
-            clips = {cam: read_video(path) for cam, path in gens[tok][k].items()}
-            T = min(c.shape[0] for c in clips.values())
-            for f in [f for f in protocol.key_frames if f < T]:
-                frames = {cam: clips[cam][f] for cam in item["camera_names"]}
-                calib = Calibration.from_item(item, f)
-                out = model.predict(frames, calib)
-                stok = item["frame_tokens"][f]
-                pose = np.asarray(item["ego2global"][f], np.float64)
-                preds[stok] = boxes_to_global(out["boxes"], pose)
-                gts[stok] = boxes_to_global(ground_truth_boxes(item, f, min_pixels=16), pose)
-                ego[stok] = pose[:3, 3].tolist()
-                if f == 0:  # the dataset's BEV map is around the frame-0 ego
-                    iou.update(np.asarray(out["bev_seg"], bool), np.asarray(item["bev_map"]) > 0.5)
-        ious.append(iou.compute())
-        if nusc is not None:
-            det_results.append(evaluate_detection(preds, sorted(preds), nusc=nusc, ego_translation=ego,
-                                                  config=protocol.det_config))
-        else:
-            det_results.append(evaluate_detection(preds, sorted(preds), gt=gts, ego_translation=ego,
-                                                  config=protocol.det_config))
-    det = mean_detection(det_results) if len(det_results) > 1 else _summary(det_results[0])
-    iou = mean_iou_summaries(ious)
-    miou = iou.pop("mIoU")
-    return dict(mAP=det["mAP"], NDS=det["NDS"], class_ap=det.get("class_ap", {}), iou=iou, mIoU=miou,
-                generations=len(ks))
-
-
-def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtocol, dataset=None,
-                 perception: str = "synthetic", lpips_weights: Optional[str] = None, runner=None,
-                 nusc=None, info_path: Optional[str] = None, work_dir: Optional[str] = None,
-                 fidelity_to: Optional[str] = None, reference: bool = False,
+def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtocol,
+                 perception: Union[str, Callable[[str], Dict[str, Any]]] = "bevformer",
+                 lpips_weights: Optional[str] = None, runner=None, nusc=None, info_path: Optional[str] = None,
+                 work_dir: Optional[str] = None, fidelity_to: Optional[str] = None, reference: bool = False,
                  i3d_weights: Optional[str] = None) -> MethodResult:
     """All metrics of one videos folder as a report row; ``fidelity_to``: the dense run's videos folder
-    (fidelity columns); ``reference``: a reference row (ground truth through the codec, the pre-trained host)."""
+    (fidelity columns); ``reference``: a reference row (ground truth through the codec, the pre-trained host).
+
+    ``perception``: ``"bevformer"`` (the user's BEVFormer through ``runner``) or an in-process scorer
+    ``score(videos_dir) -> {mAP, NDS, mIoU, class_ap, iou}`` (the embedded default:
+    :func:`coredit_video.embedded.perception.evaluate.synthetic_scorer`)."""
     skipped: Dict[str, str] = {}
     metrics: Dict[str, Optional[float]] = {}
     vm = video_metrics(videos_dir, protocol, lpips_weights, i3d_weights=i3d_weights)
@@ -183,8 +124,8 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
         skipped.update(fidelity_PSNR=why, fidelity_SSIM=why)
     per_class_ap: Dict[str, float] = {}
     per_class_iou: Dict[str, float] = {}
-    if perception == "synthetic":
-        pm = synthetic_perception_metrics(videos_dir, dataset, protocol, nusc=nusc)
+    if callable(perception):
+        pm = perception(videos_dir)
         metrics.update(mAP=pm["mAP"], NDS=pm["NDS"], mIoU=pm["mIoU"])
         per_class_ap, per_class_iou = pm["class_ap"], pm["iou"]
     elif perception == "bevformer":
@@ -199,7 +140,7 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
             results.append(evaluate_detection(out.boxes, sorted(out.boxes), nusc=nusc, config=protocol.det_config))
             if out.seg_summary:
                 seg.append({c: out.seg_summary[c] for c in protocol.miou_classes if c in out.seg_summary})
-        det = mean_detection(results) if len(results) > 1 else _summary(results[0])
+        det = mean_detection(results)
         metrics.update(mAP=det["mAP"], NDS=det["NDS"])
         per_class_ap = det.get("class_ap", {})
         if seg:  # mIoU of each generation's classes, then the mean over generations (read_map_miou.py)
@@ -208,49 +149,6 @@ def evaluate_run(name: str, ratio: float, videos_dir: str, protocol: EvalProtoco
         else:
             skipped["mIoU"] = "the BEVFormer run wrote no segmentation output"
     else:
-        raise ValueError(f"perception must be 'synthetic' or 'bevformer', got {perception!r}")
+        raise ValueError(f"perception must be 'bevformer' or a scorer callable, got {perception!r}")
     return MethodResult(method=name, ratio=ratio, metrics=metrics, skipped=skipped, per_class_ap=per_class_ap,
                         per_camera_psnr=vm["per_camera_psnr"], per_class_iou=per_class_iou, reference=reference)
-
-
-def evaluate_perception(model, dataset, indices: Optional[Sequence[int]] = None,
-                        videos: Optional[Sequence[Any]] = None, frames: Optional[Sequence[int]] = None,
-                        min_pixels: int = 16, max_range: Optional[float] = None,
-                        thresholds: Sequence[float] = DEFAULT_DIST_THRESHOLDS) -> Dict[str, Any]:
-    """Score a perception model on synthetic clips: run ``model`` on ``frames`` (default: all) of samples
-    ``indices`` (default: all) of ``dataset``.
-
-    ``videos[i]``: optional ``[NC, 3, T, H, W]`` in [-1, 1] replacing sample ``indices[i]``'s rendered video.
-    Ground truth: boxes with at least ``min_pixels`` visible pixels (16: boxes a camera resolves; the
-    analogue of nuScenes dropping boxes without lidar points) within ``max_range`` m (default: the nuScenes
-    class ranges); predictions beyond the same range are dropped. Returns :func:`.metrics_det.center_distance_ap`'s
-    dict plus ``bev_iou`` (``[C]`` per channel against ``dataset.bev_map`` of each frame, summed over frames, nan
-    for a class empty in both or if the model's BEV grid differs from the data set's) and ``num_frames``.
-    """
-    from ..perception import Calibration, frames_from_video, ground_truth_boxes
-    from ..perception.evaluate import in_range
-
-    indices = list(range(len(dataset))) if indices is None else list(indices)
-    if videos is not None and len(videos) != len(indices):
-        raise ValueError(f"{len(videos)} videos for {len(indices)} samples")
-    preds, gts, seg, seg_gt = [], [], [], []
-    same_grid = tuple(model.bev_grid.hw) == tuple(dataset.grid.hw) and \
-        (model.bev_grid.x_range, model.bev_grid.y_range) == (dataset.grid.x_range, dataset.grid.y_range)
-    for i, idx in enumerate(indices):
-        item = dataset[idx]
-        video = item["video"] if videos is None else videos[i]
-        for t in (range(dataset.frames) if frames is None else frames):
-            out = model.predict(frames_from_video(video, t, item["camera_names"]), Calibration.from_item(item, t))
-            preds.append([b for b in out["boxes"] if in_range(b, max_range)])
-            gts.append(ground_truth_boxes(item, t, min_pixels, max_range))
-            if same_grid:
-                seg.append(out["bev_seg"])
-                seg_gt.append(dataset.bev_map(idx, t))
-    res = center_distance_ap(preds, gts, thresholds)
-    res["bev_iou"] = np.full(3, np.nan)
-    if seg:
-        iou = BEVIoU(tuple(map(str, range(len(seg[0])))), mode="multilabel", absent_score=float("nan"))
-        iou.update(np.asarray(np.stack(seg), bool), np.asarray(np.stack(seg_gt), bool))
-        res["bev_iou"] = np.array([v for k, v in iou.compute().items() if k != "mIoU"])
-    res["num_frames"] = len(preds)
-    return res

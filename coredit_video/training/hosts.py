@@ -3,11 +3,14 @@
 A :class:`HostBundle` holds the model, ``forward(model, x_t, t, batch) -> velocity``, the data it
 trains on, how latents are made from a batch, the pixel size / frame count each sample has (for
 the timestep transform) and a FLOPs spec. ``build_host_bundle(cfg)`` picks the builder named by
-``model.type``; the embedded default is ``"builtin"`` on the synthetic dataset.
+``model.type``: a name in :data:`HOST_BUILDERS` or a ``"package.module:function"`` path, imported when first
+used, so training never imports a host it does not run. The embedded default is ``"builtin"``
+(:mod:`coredit_video.embedded.host.bundle`, the built-in host on the synthetic world).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import importlib
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -28,18 +31,7 @@ class HostBundle:
     token_grid: Callable[[torch.Tensor], Tuple[int, int]]  # latents -> padded per-frame token grid
     codec: Any = None  # latents <-> pixels (``decode``) where the embedded default has one
     drop_condition: Optional[Callable[[Dict, torch.Tensor], Dict]] = None  # (batch, [B] bool) -> batch
-
-
-def builtin_forward(model, x_t, t, batch):
-    return model(x_t, t, batch["y"], batch.get("cams"), batch.get("bev_map"))
-
-
-def builtin_spec(model, cond_tokens: int) -> ModelSpec:
-    c = model.config
-    return ModelSpec(hidden=c.hidden, depth=c.depth, control_depth=c.control_depth, num_heads=c.num_heads,
-                     mlp_ratio=c.mlp_ratio, patch=tuple(c.patch), in_channels=c.in_channels,
-                     out_channels=c.in_channels, cond_tokens=cond_tokens, caption_channels=c.cond_dim,
-                     cross_view_mode="concat", views=c.views, control_cross_view=False, x_control_embedder=False)
+    init_weights: Optional[Callable[[nn.Module, str], str]] = None  # (model, train.init_from) -> log description
 
 
 def held_out_data(data_cfg: Dict, num_samples: int, seed_offset: int) -> Dict:
@@ -47,70 +39,20 @@ def held_out_data(data_cfg: Dict, num_samples: int, seed_offset: int) -> Dict:
     return dict(data_cfg, num_samples=int(num_samples), seed=int(data_cfg.get("seed", 0)) + int(seed_offset))
 
 
-def synthetic_dataset(data_cfg: Dict):
-    """``(SyntheticDrivingDataset, codec settings)`` from a ``data`` config section (left unchanged)."""
-    from ..data import SyntheticDrivingDataset
-
-    data_cfg = dict(data_cfg)
-    codec_cfg = dict(data_cfg.pop("codec", {}) or {})
-    data_type = data_cfg.pop("type", "synthetic")
-    if data_type != "synthetic":
-        raise ValueError(f"data.type={data_type!r}: the built-in host trains on data.type='synthetic'")
-    return SyntheticDrivingDataset(**data_cfg), codec_cfg
-
-
-def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
-    from ..data import collate
-    from ..data.codec import ToyCodec
-    from ..models import MultiViewSTDiT, host_config
-
-    model_cfg = dict(model_cfg)
-    model_cfg.pop("type", None)
-    preset = model_cfg.pop("preset", "tiny")
-    dataset, codec_cfg = synthetic_dataset(data_cfg)
-    codec = ToyCodec(**codec_cfg)
-    probe = dataset[0]
-    cfg = host_config(preset, **model_cfg)
-    if cfg.in_channels != codec.latent_channels:
-        raise ValueError(f"model.in_channels={cfg.in_channels} must equal data.codec latent_channels="
-                         f"{codec.latent_channels}")
-    if cfg.cond_dim != probe["y"].shape[-1]:
-        raise ValueError(
-            f"model.cond_dim={cfg.cond_dim} must equal the dataset's condition width {probe['y'].shape[-1]}")
-    if cfg.views != probe["video"].shape[0]:
-        raise ValueError(f"model.views={cfg.views} must equal data.views={probe['video'].shape[0]}")
-    torch.manual_seed(seed)
-    model = MultiViewSTDiT(cfg)
-
-    def latents(batch):
-        with torch.no_grad():
-            return codec.encode(batch["video"])
-
-    def frame_info(batch):
-        B, _, _, T, H, W = batch["video"].shape
-        return (torch.full((B,), float(H)), torch.full((B,), float(W)), torch.full((B,), float(T)))
-
-    def token_grid(x0):
-        return model.token_grid(x0)
-
-    def drop_condition(batch, drop):
-        """Zero the box/text tokens and the map of the samples in ``drop`` (for classifier-free guidance)."""
-        out = dict(batch)
-        keep = (~drop).to(batch["y"].dtype)
-        out["y"] = batch["y"] * keep.view(-1, 1, 1)
-        out["bev_map"] = batch["bev_map"] * keep.view(-1, 1, 1, 1)
-        return out
-
-    return HostBundle(model=model, forward=builtin_forward, dataset=dataset, collate=collate, latents=latents,
-                      frame_info=frame_info, spec=builtin_spec(model, cond_tokens=probe["y"].shape[0] + 1),
-                      token_grid=token_grid, codec=codec, drop_condition=drop_condition)
-
-
-HOST_BUILDERS: Dict[str, Callable[[Dict, Dict, int], HostBundle]] = {"builtin": build_builtin}
+HOST_BUILDERS: Dict[str, str] = {"builtin": "coredit_video.embedded.host.bundle:build_builtin"}
 
 
 def build_host_bundle(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
+    """``HOST_BUILDERS[model.type]`` (or ``model.type`` itself, ``"package.module:function"``) called with
+    ``(model_cfg, data_cfg, seed)``."""
     kind = model_cfg.get("type", "builtin")
-    if kind not in HOST_BUILDERS:
-        raise ValueError(f"model.type={kind!r} is not known; choose one of {sorted(HOST_BUILDERS)}")
-    return HOST_BUILDERS[kind](model_cfg, data_cfg, seed)
+    path = HOST_BUILDERS.get(kind, kind)
+    if ":" not in path:
+        raise ValueError(f"model.type={kind!r} is not known; choose one of {sorted(HOST_BUILDERS)} or give "
+                         "'package.module:function'")
+    module, fn = path.split(":", 1)
+    try:
+        builder = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model.type={kind!r}: cannot import {path} ({e})") from e
+    return builder(model_cfg, data_cfg, seed)

@@ -115,9 +115,10 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     bundle = build_host_bundle(cfg.model, cfg.data, cfg.seed)
     model = bundle.model.to(st.device)
     if tc.init_from:  # before the teacher copy and the EMA: both start from these weights
-        from ..models.shipped import load_host_weights
-
-        log.info("initial weights: %s", load_host_weights(model, tc.init_from))
+        if bundle.init_weights is None:
+            raise ValueError(f"train.init_from={tc.init_from!r}: model.type={cfg.model.get('type', 'builtin')!r} "
+                             "reads no initial weights; load them in its builder")
+        log.info("initial weights: %s", bundle.init_weights(model, tc.init_from))
     if hasattr(model, "set_sequence_parallel"):
         model.set_sequence_parallel(st.sp_group)
     if tc.grad_checkpoint and hasattr(model, "config"):

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 import coredit_video as cv
-from coredit_video.models import MultiViewSTDiT, host_config
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BANDS = 4

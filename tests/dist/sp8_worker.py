@@ -7,7 +7,7 @@ import sys
 import torch
 
 import coredit_video as cv
-from coredit_video.models import MultiViewSTDiT, host_config
+from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.parallel import destroy_parallel, init_parallel
 from tests.dist.common import GRIDS, STRIDE, run_modes
 

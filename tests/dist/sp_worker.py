@@ -43,7 +43,7 @@ def uneven_all_to_all(st) -> dict:
 def errors(st) -> dict:
     """Messages of the errors a user gets for an SP layout that cannot work."""
     import coredit_video as cv
-    from coredit_video.models import MultiViewSTDiT, host_config
+    from coredit_video.embedded.host import MultiViewSTDiT, host_config
 
     out = {}
     model = build_host()

@@ -7,10 +7,10 @@ from typing import Tuple
 
 import numpy as np
 
-from ..data.classes import CLASS_COLORS, CLASS_NAMES, CROSSING_COLOR, DIVIDER_COLOR, GRASS_COLOR, ROAD_COLOR, \
+from ..world.classes import CLASS_COLORS, CLASS_NAMES, CROSSING_COLOR, DIVIDER_COLOR, GRASS_COLOR, ROAD_COLOR, \
     SIDEWALK_COLOR
-from ..data.render import MIN_SHADE
-from ..data.scene import CROSSING, DIVIDER, GRASS, ROAD, SIDEWALK
+from ..world.render import MIN_SHADE
+from ..world.scene import CROSSING, DIVIDER, GRASS, ROAD, SIDEWALK
 
 _CLASS_RGB = np.array([CLASS_COLORS[n] for n in CLASS_NAMES], dtype=np.float32)
 _CLASS_CHROMA = _CLASS_RGB / _CLASS_RGB.sum(1, keepdims=True)

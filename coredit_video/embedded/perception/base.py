@@ -9,7 +9,7 @@ A model sees one time step: ``frames`` maps camera names to uint8 ``[H, W, 3]`` 
   ``detection_score`` (higher is more confident), ``attribute_name`` ('' if none).
   ``boxes_to_global`` moves them to the global frame (for a nuScenes results file).
 - ``bev_seg``: bool ``[3, Hb, Wb]`` road layout (divider, ped_crossing, boundary) on the model's
-  ``bev_grid`` (the conventions of ``coredit_video.data.bev``).
+  ``bev_grid`` (the conventions of ``coredit_video.embedded.world.bev``).
 """
 import abc
 from dataclasses import dataclass
@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..data.bev import BevGrid
-from ..data.geometry import matrix_to_quaternion, quaternion_to_matrix
+from ..world.bev import BevGrid
+from ..world.geometry import matrix_to_quaternion, quaternion_to_matrix
 
 
 @dataclass

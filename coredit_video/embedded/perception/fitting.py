@@ -10,7 +10,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from ..data.scene import EGO_LENGTH, EGO_REAR_OVERHANG, EGO_WIDTH
+from ..world.scene import EGO_LENGTH, EGO_REAR_OVERHANG, EGO_WIDTH
 
 MAX_PIXELS = 2000  # pixels of a view's window kept for scoring (strided beyond that)
 # Uniform size scales tried in the fine stages. Only the prior size by default: with per-dimension size

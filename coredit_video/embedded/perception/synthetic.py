@@ -24,11 +24,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.bev import BevGrid
-from ..data.cameras import project
-from ..data.classes import CLASS_NAMES, CLASS_SIZES
-from ..data.geometry import yaw_to_quaternion
-from ..data.scene import CROSSING, DIVIDER, GRASS, ROAD, SIDEWALK
+from ..world.bev import BevGrid
+from ..world.cameras import project
+from ..world.classes import CLASS_NAMES, CLASS_SIZES
+from ..world.geometry import yaw_to_quaternion
+from ..world.scene import CROSSING, DIVIDER, GRASS, ROAD, SIDEWALK
 from .base import Calibration, PerceptionModel
 from .fitting import fit_box, make_view, pixel_rays, ray_box_hits
 from .segmentation import classify_ground, classify_objects, connected_components

@@ -1,11 +1,11 @@
-"""Adapter for the built-in host (:class:`coredit_video.models.MultiViewSTDiT`)."""
+"""Adapter for the built-in host (:class:`coredit_video.embedded.host.MultiViewSTDiT`)."""
 from __future__ import annotations
 
 import torch
 
-from ..attention import ViewPairs
-from ..registry import HOST_ADAPTERS
-from .base import HostAdapter
+from ...adapters.base import HostAdapter
+from ...attention import ViewPairs
+from ...registry import HOST_ADAPTERS
 
 
 def ring_pairs(B: int, NC: int, T: int, device=None) -> ViewPairs:
@@ -21,7 +21,7 @@ class BuiltinHostAdapter(HostAdapter):
     default_groups = ("base_blocks_s", "control_blocks_s")
 
     def matches(self, model) -> bool:
-        from ..models import MultiViewSTDiT
+        from .mv_stdit import MultiViewSTDiT
 
         return isinstance(model, MultiViewSTDiT)
 

@@ -10,9 +10,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ..attention.backends import attention
-from ..attention.dense import attn_dropout, dense_self_attention, output_projection
-from ..parallel.seq_attention import sp_attention, sp_self_attention
+from ...attention.backends import attention
+from ...attention.dense import attn_dropout, dense_self_attention, output_projection
+from ...parallel.seq_attention import sp_attention, sp_self_attention
 
 
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ def load_host_weights(model: nn.Module, source: str) -> str:
         manifest = load_shipped_host(model, DEFAULT_NAME if source == "embedded" else source)
         return f"shipped host {manifest.get('file')} (step {manifest.get('step', '?')}, sha256 ok)"
     if os.path.isdir(source):
-        from ..generation import load_weights
+        from ...generation import load_weights
 
         return f"{load_weights(model, source)} weights of {source}"
     raise ShippedWeightsError(f"train.init_from={source!r} is neither 'embedded', a .pt file nor a checkpoint "
