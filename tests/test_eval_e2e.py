@@ -54,6 +54,10 @@ def test_generate_dense_and_pruned_then_evaluate(tmp_path):
             assert r["metrics"][col] is not None, (r["method"], col)
         assert "I3D" in r["skipped"]["FVD"] and "LPIPS" in r["skipped"]["LPIPS"]
     assert "| dense" in proc.stdout and "CoReDiT" in proc.stdout  # the Markdown table
+    from PIL import Image
+
+    with Image.open(out / "eval_frames.png") as im:  # ground truth, dense, CoReDiT strips of the one scene
+        assert im.format == "PNG" and 0.15 < im.height / im.width < 0.6, im.size
 
     # FVD end to end with a TorchScript stand-in for I3D (same contract: [B, 3, T, R, R] in [-1, 1] -> [B, D])
     i3d = str(tmp_path / "i3d.pt")

@@ -49,12 +49,14 @@ def main(argv=None) -> int:
                          "against its generations (same noise and conditions); default 'dense' when present")
     ap.add_argument("--references", nargs="*", default=[], metavar="NAME",
                     help="method names of reference rows (e.g. gt_codec pretrained): listed first, no Δ row")
+    ap.add_argument("--frame-scenes", type=int, default=2,
+                    help="scenes in eval_frames.png (frame 0 of every camera, one strip per method)")
     args = ap.parse_args(argv)
 
     from coredit_video.embedded.perception.evaluate import synthetic_scorer
     from coredit_video.evaluation.pipeline import evaluate_run
     from coredit_video.evaluation.protocol import protocol_from_config
-    from coredit_video.evaluation.report import markdown_table, write_report
+    from coredit_video.evaluation.report import markdown_table, plot_frames, write_report
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
     out = args.out or os.path.join(os.path.dirname(os.path.normpath(args.videos[0])), "eval")
     paths = write_report(results, out, protocol=protocol)
+    paths["frames_png"] = plot_frames(dict(zip(names, args.videos)), os.path.join(out, "eval_frames.png"),
+                                      args.frame_scenes, protocol.cameras)
     print(markdown_table(results))
     print(f"\nreport: {json.dumps(paths)}")
     return 0

@@ -57,38 +57,6 @@ def loss_curve(log_path: str, out_png: str) -> dict:
                 loss_end=float(l_[-k:].mean()))
 
 
-def frame_grid(dirs: dict, out_png: str, scenes: int, cameras) -> str:
-    """Rows: for each scene, one strip per entry of ``dirs`` (label -> videos dir); frame 0 of each camera."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from coredit_video.evaluation.video_io import find_clips, read_video
-
-    clips = {label: find_clips(os.path.join(d, "gen_video"), cameras) for label, d in dirs.items()}
-    gt_dir = next(iter(dirs.values()))
-    gts = find_clips(os.path.join(gt_dir, "gt_video"), cameras)
-    tokens = sorted(gts)[:scenes]
-    rows = []
-    for tok in tokens:
-        rows.append((f"{tok[:6]} ground truth", [read_video(gts[tok][-1][c], [0])[0] for c in cameras]))
-        for label, found in clips.items():
-            rows.append((f"{tok[:6]} {label}", [read_video(found[tok][0][c], [0])[0] for c in cameras]))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.35 * len(rows)))
-    for ax, (label, frames) in zip(np.atleast_1d(axes), rows):
-        ax.imshow(np.concatenate(frames, axis=1), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("Held-out scenes, frame 0 of " + ", ".join(cameras), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
 def main(argv=None) -> int:
     from mmengine.config import Config
 
@@ -110,6 +78,7 @@ def main(argv=None) -> int:
     from coredit_video.embedded.perception.evaluate import synthetic_scorer
     from coredit_video.evaluation.pipeline import evaluate_run
     from coredit_video.evaluation.protocol import protocol_from_config
+    from coredit_video.evaluation.report import plot_frames
     from coredit_video.generation import generate, write_codec_reference
     from coredit_video.embedded.host.shipped import ShippedWeightsError, load_host_weights
     from coredit_video.training.config import build_train_config
@@ -134,7 +103,7 @@ def main(argv=None) -> int:
         r = evaluate_run(label, 0.0, d, protocol, perception=synthetic_scorer(bundle.dataset, protocol))
         rows[label] = {k: r.metrics.get(k) for k in ("mAP", "NDS", "mIoU", "PSNR", "SSIM")}
     loss = loss_curve(args.train_log, os.path.join(args.out, "loss.png"))
-    frame_grid(dirs, os.path.join(args.out, "frames.png"), args.grid_scenes, protocol.cameras)
+    plot_frames(dirs, os.path.join(args.out, "frames.png"), args.grid_scenes, protocol.cameras)
     ref, gen = rows["through the codec"], rows["dense generation"]
     ratios = {k: (gen[k] / ref[k] if ref[k] else None) for k in ("mAP", "mIoU")}
     payload = dict(weights=weights, scenes=args.scenes, seed_offset=args.seed_offset, loss=loss, metrics=rows,

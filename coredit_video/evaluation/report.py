@@ -227,3 +227,32 @@ def write_report(results: Sequence[MethodResult], out_dir: str, name: str = "eva
         if p:
             paths["camera_psnr_png"] = p
     return paths
+
+
+def plot_frames(dirs: Dict[str, str], path: str, scenes: int, cameras: Sequence[str]) -> Optional[str]:
+    """Frame 0 of every camera, side by side: for each of the first ``scenes`` scenes (by token) the ground truth
+    of the first folder, then one strip per entry of ``dirs`` (label -> videos folder in MagicDrive-V2's test
+    layout; its ``_gen0`` generation). A folder without the scene is left out. ``None`` without matplotlib."""
+    plt = _plt()
+    if plt is None:
+        return None
+    import numpy as np
+
+    from .video_io import find_clips, read_video
+
+    clips = {label: find_clips(os.path.join(d, "gen_video"), cameras) for label, d in dirs.items()}
+    gts = find_clips(os.path.join(next(iter(dirs.values())), "gt_video"), cameras)
+    rows = []
+    for tok in sorted(gts)[:scenes]:
+        rows.append((f"{tok[:6]} ground truth", [read_video(gts[tok][-1][c], [0])[0] for c in cameras]))
+        rows += [(f"{tok[:6]} {label}", [read_video(found[tok][0][c], [0])[0] for c in cameras])
+                 for label, found in clips.items() if 0 in found.get(tok, {})]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.35 * len(rows)), squeeze=False)
+    for ax, (label, frames) in zip(axes[:, 0], rows):
+        ax.imshow(np.concatenate(frames, axis=1), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("Frame 0 of " + ", ".join(cameras), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
