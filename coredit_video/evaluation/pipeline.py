@@ -2,9 +2,9 @@
 
 Two perception paths share everything else:
 
-- ``synthetic`` (embedded default): the built-in :class:`~coredit_video.embedded.perception.SyntheticPerception`
-  runs in-process on the decoded key frames; calibration, ego poses and ground truth come from the
-  synthetic dataset the videos were generated from (matched by sample token).
+- an in-process scorer ``score(videos_dir)`` (embedded default: the built-in perception,
+  :func:`coredit_video.embedded.perception.evaluate.synthetic_scorer`, with calibration, ego poses and ground
+  truth from the synthetic dataset the videos were generated from, matched by sample token);
 - ``bevformer``: key frames are exported with a rewritten info file and the user's BEVFormer runs in
   its own environment (:class:`~.perception_runner.BEVFormerRunner`); ground truth from nuScenes.
 """
