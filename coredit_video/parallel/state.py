@@ -105,8 +105,13 @@ def init_parallel(sp_size: int = 1, backend: Optional[str] = None, timeout_s: in
     )
 
 
-def destroy_parallel() -> None:
+def destroy_parallel(wait_for_peers: bool = True) -> None:
+    """Tear down every process group. On a normal exit, first wait until all ranks got here: a rank that
+    leaves while a peer still runs collectives or writes a checkpoint can abort at interpreter exit on gloo.
+    After an error, pass ``wait_for_peers=False``: the peers may never arrive."""
     if dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

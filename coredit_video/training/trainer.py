@@ -104,10 +104,13 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, stop_after: Optional[i
     early after that many steps of this invocation (tests use it to simulate a crash point)."""
     st = init_parallel(cfg.parallel.sp_size, cfg.parallel.backend)
     setup_logging(cfg.work_dir, st.is_main)
+    finished = False
     try:
-        return _train(cfg, st, resume, stop_after)
+        summary = _train(cfg, st, resume, stop_after)
+        finished = True
+        return summary
     finally:
-        destroy_parallel()
+        destroy_parallel(wait_for_peers=finished)
 
 
 def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int]) -> dict:
