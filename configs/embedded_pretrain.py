@@ -1,9 +1,9 @@
-# Dense pre-training of the embedded host (the built-in "tiny" preset) on the synthetic world: the
-# stand-in for MagicDrive-V2's released stage-3 checkpoint that the embedded main job fine-tunes from.
-# No pruning (target ratio 0), no distillation; DP=2 on 2 CPU processes; resumable.
-#   torchrun --nproc_per_node 2 tools/train.py configs/embedded_pretrain.py --resume auto
-#   python tools/export_host.py configs/embedded_pretrain.py  # -> coredit_video/embedded/host/weights/embedded_tiny.pt
+# Stage 1 of the embedded host's dense pre-training (the built-in "tiny" preset, without its view-layout input)
+# on the synthetic world; stage 2 (configs/embedded_pretrain_layout.py) adds the view layout and gives the shipped
+# host, the stand-in for MagicDrive-V2's released stage-3 checkpoint. No pruning (target ratio 0), no
+# distillation; DP=2 on 2 CPU processes; resumable. Both stages and the export: bash tools/pretrain_host.sh
 _base_ = ["./_base_/embedded_world.py"]
+model = dict(view_layout_channels=0)
 work_dir = "work_dirs/embedded_pretrain"
 seed = 0
 

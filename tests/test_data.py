@@ -167,6 +167,35 @@ def test_visible_boxes_project_inside_images_with_their_class_colour():
     assert checked >= 10
 
 
+def test_view_layout_says_what_each_pixel_shows():
+    """Independent reference: the rendered colours. A pixel the layout calls class k has k's chromaticity, one it
+    calls ground label g has g's paint colour, one it leaves empty is sky (blue dominant, above the horizon)."""
+    from coredit_video.embedded.world.classes import (CROSSING_COLOR, DIVIDER_COLOR, GRASS_COLOR, ROAD_COLOR,
+                                                      SIDEWALK_COLOR)
+
+    ground_colors = np.array([GRASS_COLOR, SIDEWALK_COLOR, ROAD_COLOR, DIVIDER_COLOR, CROSSING_COLOR], float)
+    ds = small(2, frames=2)
+    seen = set()
+    for i in range(2):
+        it = ds[i]
+        lay = it["view_layout"].numpy()  # [NC, 15, T, H, W]
+        assert lay.shape == (6, 5 + len(CLASS_NAMES), 2, 64, 112) and set(np.unique(lay)) <= {0.0, 1.0}
+        assert lay.sum(1).max() == 1  # one label per pixel at most
+        img = (it["video"].numpy().transpose(0, 2, 3, 4, 1) + 1) * 127.5  # [NC, T, H, W, 3]
+        code = np.where(lay.sum(1) > 0, lay.argmax(1), -1)  # [NC, T, H, W]
+        for c in np.unique(code):
+            rgb = img[code == c]
+            if c < 0:
+                assert (rgb[:, 2] > rgb[:, 0]).all() and np.argwhere(code == c)[:, 2].max() < 0.6 * 64
+            elif c < 5:
+                assert np.abs(rgb - ground_colors[c]).max() < 1.0, c
+            else:
+                col = np.array(CLASS_COLORS[CLASS_NAMES[c - 5]], float)
+                assert np.abs(rgb / rgb.sum(1, keepdims=True) - col / col.sum()).max() < 0.02, c
+            seen.add(int(c))
+    assert {-1, 0, 1, 2} <= seen and any(c >= 5 for c in seen)
+
+
 def test_box_faces_cover_the_box():
     c = box_corners(np.zeros(3), np.array([2.0, 4.0, 1.0]), 0.3)
     centre = c[BOX_FACES].mean(1)  # [6, 3]

@@ -2,7 +2,8 @@
 """Report on the shipped pre-trained embedded host: loss curve, ground truth vs dense generations on
 held-out scenes, and their metrics next to the ground truth through the same codec.
 
-    python tools/host_report.py --train-log work_dirs/embedded_pretrain/train.log --out docs/embedded_host
+    python tools/host_report.py --train-log work_dirs/embedded_pretrain/train.log \
+        work_dirs/embedded_pretrain_layout/train.log --out docs/embedded_host
 
 Writes ``loss.png``, ``frames.png`` (per scene: ground truth, ground truth through the codec, dense
 generation; six cameras, frame 0), ``metrics.json`` and ``metrics.md`` into ``--out``.
@@ -20,12 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOSS_RE = re.compile(r"step (\d+)/\d+ loss ([0-9.]+)")
 
 
-def loss_curve(log_path: str, out_png: str) -> dict:
-    """Plot the logged training loss (and a 20-point running mean); returns first/last means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def read_losses(log_path: str):
+    """``(steps, losses)`` logged in ``log_path``, in step order (a resumed run logs some steps twice)."""
     import numpy as np
 
     steps, losses = [], []
@@ -37,13 +34,34 @@ def loss_curve(log_path: str, out_png: str) -> dict:
                 losses.append(float(m.group(2)))
     if not steps:
         raise ValueError(f"{log_path} has no 'step N/M loss X' lines")
-    order = np.argsort(steps, kind="stable")  # a resumed run logs some steps twice: keep the order of steps
-    s, l_ = np.asarray(steps)[order], np.asarray(losses)[order]
+    order = np.argsort(steps, kind="stable")
+    return np.asarray(steps)[order], np.asarray(losses)[order]
+
+
+def loss_curve(log_paths, out_png: str) -> dict:
+    """Plot the logged training loss of the stages ``log_paths`` (in order; a stage's steps continue the previous
+    stage's) and a 20-point running mean; returns first/last means and where each stage starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    parts, starts, offset = [], [], 0
+    for path in log_paths:
+        st, lo = read_losses(path)
+        starts.append(offset)
+        parts.append((st + offset, lo))
+        offset += int(st[-1])
+    s, l_ = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     k = min(20, len(l_))
     smooth = np.convolve(l_, np.ones(k) / k, mode="valid")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(s, l_, lw=0.6, alpha=0.4, label="logged loss")
     ax.plot(s[k - 1:], smooth, lw=1.5, label=f"mean of {k} logged points")
+    for i, start in enumerate(starts[1:], 2):
+        ax.axvline(start, color="k", ls="--", lw=0.8)
+        ax.text(start, ax.get_ylim()[1], f" stage {i}", va="top", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")
@@ -54,7 +72,7 @@ def loss_curve(log_path: str, out_png: str) -> dict:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return dict(first_steps=int(s[0]), last_step=int(s[-1]), loss_start=float(l_[:k].mean()),
-                loss_end=float(l_[-k:].mean()))
+                loss_end=float(l_[-k:].mean()), stage_starts=starts)
 
 
 def main(argv=None) -> int:
@@ -63,14 +81,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/tiny_cpu.py", help="a config whose data and model the host fits")
     ap.add_argument("--eval-config", default="configs/eval_tiny_cpu.py")
-    ap.add_argument("--train-log", required=True, help="train.log of the pre-training run")
+    ap.add_argument("--train-log", required=True, nargs="+", help="train.log of each pre-training stage, in order")
     ap.add_argument("--weights", default="embedded", help="'embedded' (the shipped host) or a .pt / checkpoint dir")
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--grid-scenes", type=int, default=3)
     ap.add_argument("--seed-offset", type=int, default=1000)
     ap.add_argument("--out", default="docs/embedded_host")
     args = ap.parse_args(argv)
-    for p in (args.config, args.eval_config, args.train_log):
+    for p in (args.config, args.eval_config, *args.train_log):
         if not os.path.isfile(p):
             print(f"error: {p} not found", file=sys.stderr)
             return 2

@@ -15,7 +15,7 @@ from .shipped import load_host_weights
 
 
 def builtin_forward(model, x_t, t, batch):
-    return model(x_t, t, batch["y"], batch.get("cams"), batch.get("bev_map"))
+    return model(x_t, t, batch["y"], batch.get("cams"), batch.get("bev_map"), batch.get("view_layout"))
 
 
 def builtin_spec(model, cond_tokens: int) -> ModelSpec:
@@ -50,6 +50,9 @@ def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
     if cfg.cond_dim != probe["y"].shape[-1]:
         raise ValueError(
             f"model.cond_dim={cfg.cond_dim} must equal the dataset's condition width {probe['y'].shape[-1]}")
+    if cfg.view_layout_channels and cfg.view_layout_channels != probe["view_layout"].shape[1]:
+        raise ValueError(f"model.view_layout_channels={cfg.view_layout_channels} must equal the dataset's "
+                         f"{probe['view_layout'].shape[1]} (or be 0: no layout input)")
     if cfg.views != probe["video"].shape[0]:
         raise ValueError(f"model.views={cfg.views} must equal data.views={probe['video'].shape[0]}")
     torch.manual_seed(seed)
@@ -67,11 +70,14 @@ def build_builtin(model_cfg: Dict, data_cfg: Dict, seed: int) -> HostBundle:
         return model.token_grid(x0)
 
     def drop_condition(batch, drop):
-        """Zero the box/text tokens and the map of the samples in ``drop`` (for classifier-free guidance)."""
+        """Zero the box/text tokens, the map and the view layout of the samples in ``drop`` (for
+        classifier-free guidance)."""
         out = dict(batch)
         keep = (~drop).to(batch["y"].dtype)
         out["y"] = batch["y"] * keep.view(-1, 1, 1)
         out["bev_map"] = batch["bev_map"] * keep.view(-1, 1, 1, 1)
+        if "view_layout" in batch:
+            out["view_layout"] = batch["view_layout"] * keep.view(-1, 1, 1, 1, 1, 1)
         return out
 
     return HostBundle(model=model, forward=builtin_forward, dataset=dataset, collate=collate, latents=latents,

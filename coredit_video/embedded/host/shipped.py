@@ -17,8 +17,10 @@ import torch.nn as nn
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 DEFAULT_NAME = "embedded_tiny"
-REBUILD_COMMAND = ("torchrun --nproc_per_node 2 tools/train.py configs/embedded_pretrain.py --resume auto && "
-                   "python tools/export_host.py configs/embedded_pretrain.py")
+REBUILD_COMMAND = "bash tools/pretrain_host.sh"
+# Zero-initialised branches that a host may gain after its weights were trained: loading weights without them
+# leaves them at zero (the host computes what it computed before); every other missing weight is an error.
+GROWN_BRANCHES = ("view_layout_embedder.",)
 
 
 class ShippedWeightsError(RuntimeError):
@@ -85,14 +87,31 @@ def load_shipped_host(model: nn.Module, name_or_path: str = DEFAULT_NAME) -> Dic
         have = dataclasses.asdict(cfg)
         keys = ("hidden", "depth", "control_depth", "num_heads", "mlp_ratio", "in_channels", "patch", "cond_dim",
                 "cam_dim", "map_channels", "views")
+        if want.get("view_layout_channels"):  # weights with a layout branch need a host that has one
+            keys += ("view_layout_channels",)
         diff = [k for k in keys if k in want and list(_seq(want[k])) != list(_seq(have[k]))]
         if diff:
             raise ShippedWeightsError(
                 f"{os.path.basename(path)} was trained for another host: " + ", ".join(
                     f"model.{k}={have[k]} vs {want[k]}" for k in diff) + "; use the config it was made with "
                 "(configs/embedded_pretrain.py) or drop train.init_from")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    grown = load_growing(model, {k: v.float() for k, v in state.items()}, path)
+    if grown:
+        manifest = dict(manifest, grown=grown)
     return manifest
+
+
+def load_growing(model: nn.Module, state: Dict[str, torch.Tensor], source: str) -> list:
+    """``model.load_state_dict(state)``, strict except for the weights of ``GROWN_BRANCHES`` the state lacks
+    (they keep their zero initialisation); returns the names of those."""
+    res = model.load_state_dict(state, strict=False)
+    grown = [k for k in res.missing_keys if k.startswith(GROWN_BRANCHES)]
+    missing = [k for k in res.missing_keys if k not in grown]
+    if missing or res.unexpected_keys:
+        raise ShippedWeightsError(
+            f"{source} does not fit this host: {len(missing)} weights missing (e.g. {missing[:3]}), "
+            f"{len(res.unexpected_keys)} unexpected (e.g. {res.unexpected_keys[:3]})")
+    return grown
 
 
 def _seq(v):
@@ -104,7 +123,8 @@ def load_host_weights(model: nn.Module, source: str) -> str:
     checkpoint directory (its EMA weights). Returns a short description for the log."""
     if source in ("embedded", DEFAULT_NAME) or source.endswith(".pt"):
         manifest = load_shipped_host(model, DEFAULT_NAME if source == "embedded" else source)
-        return f"shipped host {manifest.get('file')} (step {manifest.get('step', '?')}, sha256 ok)"
+        grown = f"; new zero-initialised: {', '.join(manifest['grown'])}" if manifest.get("grown") else ""
+        return f"shipped host {manifest.get('file')} (step {manifest.get('step', '?')}, sha256 ok{grown})"
     if os.path.isdir(source):
         from ...generation import load_weights
 

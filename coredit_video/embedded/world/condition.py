@@ -1,6 +1,6 @@
 """Condition features handed to the host: box tokens ``y`` and per-camera features ``cams``."""
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -86,3 +86,27 @@ def camera_features(intrinsics: np.ndarray, cam2ego: np.ndarray, image_hw: Tuple
         e[:, :3, 2], e[:, :3, 0], e[:, :2, 3],
     ], axis=1)
     return f.astype(np.float32)
+
+
+GROUND_CHANNELS = 5  # grass, sidewalk, road, divider, crossing (``scene.GRASS`` .. ``scene.CROSSING``)
+VIEW_LAYOUT_CHANNELS = GROUND_CHANNELS + len(CLASS_NAMES)
+
+
+def view_layout(ids: np.ndarray, ground: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """The scene's layout as each camera sees it: ``[NC, VIEW_LAYOUT_CHANNELS, T, H, W]`` float32 one-hot.
+
+    ``ids [NC, T, H, W]`` (visible box index, -1 none) and ``ground [NC, T, H, W]`` (ground label, -1 sky) are
+    the renderer's buffers, i.e. the boxes and the road map projected through the cameras; ``labels [M]`` the
+    class of each box. Channels ``0..4`` the ground label where no box is seen, ``5..`` the class of the box
+    seen; sky pixels are all zero. It carries what ``y`` (boxes) and ``bev_map`` hold, put where the views show it.
+    """
+    ids, ground = np.asarray(ids), np.asarray(ground)
+    code = np.where(ground >= 0, ground.astype(np.int64), -1)
+    if len(labels):
+        lab = np.asarray(labels, dtype=np.int64)
+        box = ids >= 0
+        code = np.where(box, GROUND_CHANNELS + lab[np.clip(ids, 0, None)], code)
+    out = np.zeros((VIEW_LAYOUT_CHANNELS,) + code.shape, dtype=np.float32)  # [Cl, NC, T, H, W]
+    for c in range(VIEW_LAYOUT_CHANNELS):
+        out[c] = code == c
+    return np.ascontiguousarray(out.transpose(1, 0, 2, 3, 4))

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .bev import BevGrid, rasterize_map
 from .cameras import CAMERA_NAMES, rig
-from .condition import camera_features, encode_condition
+from .condition import camera_features, encode_condition, view_layout
 from .render import Renderer
 from .scene import Scene, generate_scene
 
@@ -45,7 +45,8 @@ class SyntheticDrivingDataset(Dataset):
         ``[T, M]``; ``box_pixels`` int64 ``[T, M]`` (pixels showing each box over all cameras);
         ``box_visibility`` float32 ``[T, M]`` (visible / unoccluded silhouette pixels, 0 if out of view);
         ``y`` float32 ``[L, cond_dim]`` (``encode_condition`` of frame 0); ``bev_map`` float32
-        ``[3, Hm, Wm]`` in {0, 1} around the frame-0 ego (divider, ped_crossing, boundary);
+        ``[3, Hm, Wm]`` in {0, 1} around the frame-0 ego (divider, ped_crossing, boundary); ``view_layout``
+        float32 ``[NC, 15, T, H, W]`` in {0, 1} (``condition.view_layout``: ground and box classes per pixel);
         ``timestamps`` int64 ``[T]`` (microseconds); ``token``, ``scene_token`` (str), ``frame_tokens``
         (T str), ``instance_tokens`` (M str, '' for padding), ``camera_names`` (NC str), ``index`` (int).
     """
@@ -139,6 +140,7 @@ class SyntheticDrivingDataset(Dataset):
             "box_visibility": torch.from_numpy(vis),
             "y": encode_condition(boxes[0], labels[0], mask[0], self.cond_dim, self.cond_tokens),
             "bev_map": torch.from_numpy(bev.astype(np.float32)),
+            "view_layout": torch.from_numpy(view_layout(r["ids"], r["ground"], [tr.label for tr in scene.tracks])),
             "timestamps": torch.from_numpy(scene.timestamps()),
             "token": make_token(self.seed, index),
             "scene_token": make_token(self.seed, index, "scene"),
