@@ -175,6 +175,8 @@ class ModelSpec:
         control_temporal: control temporal blocks exist (``control_skip_temporal=False``).
         control_cross_view: control spatial blocks have cross-view attention.
         x_control_embedder: the control branch has its own patch embedder.
+        layout_channels: channels of a per-view layout input patch-embedded like the latents (the embedded host's
+            ``view_layout``; 0: none, as in MagicDrive-V2).
     """
 
     hidden: int
@@ -195,13 +197,14 @@ class ModelSpec:
     control_temporal: bool = True
     control_cross_view: bool = False
     x_control_embedder: bool = True
+    layout_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("hidden", "depth", "num_heads", "in_channels", "out_channels", "views"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise ValueError(f"ModelSpec.{name} must be an int >= 1, got {v!r}")
-        for name in ("control_depth", "cond_tokens", "caption_channels", "cross_view_neighbours"):
+        for name in ("control_depth", "cond_tokens", "caption_channels", "cross_view_neighbours", "layout_channels"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
                 raise ValueError(f"ModelSpec.{name} must be an int >= 0, got {v!r}")
@@ -530,7 +533,7 @@ def count_flops(
     dense["temporal_mlp"] = n_temporal * mlp * fv
 
     pt = spec.patch[0] * spec.patch[1] * spec.patch[2]
-    other = 2 * n * spec.in_channels * pt * C * fv  # x_embedder
+    other = 2 * n * (spec.in_channels + spec.layout_channels) * pt * C * fv  # x_embedder (+ view-layout embedder)
     other += 2 * n * C * pt * spec.out_channels * fv  # final layer
     if spec.control_depth:
         if spec.x_control_embedder:

@@ -259,3 +259,26 @@ def test_cli_bad_ratio():
     out = _cli("--ratio", "1.5", "--json")
     assert out.returncode != 0
     assert "ratio" in out.stderr
+
+
+def test_view_layout_embedder_counts_what_torch_counts():
+    """The embedded host's view-layout embedder: the FLOPs model's extra equals torch's FlopCounterMode's."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from coredit_video.embedded.host.bundle import builtin_spec
+    from coredit_video.embedded.host.mv_stdit import MultiViewSTDiT, host_config
+
+    model = MultiViewSTDiT(host_config("tiny")).eval()
+    x, t = torch.randn(1, 6, 4, 2, 16, 28), torch.tensor([500.0])
+    y, cams, bev = torch.randn(1, 9, 32), torch.randn(1, 6, 12), torch.rand(1, 3, 16, 16)
+    layout = torch.rand(1, 6, 15, 2, 16, 28)
+    measured = []
+    for lay in (None, layout):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x, t, y, cams, bev, lay)
+        measured.append(fc.get_total_flops())
+    spec = builtin_spec(model, cond_tokens=10)
+    counts = [F.count_flops(F.with_overrides(spec, layout_channels=c), hw_tokens=(8, 14), latent_frames=2)
+              for c in (0, 15)]
+    assert counts[1]["dense_total"] - counts[0]["dense_total"] == measured[1] - measured[0] > 0

@@ -23,7 +23,8 @@ def builtin_spec(model, cond_tokens: int) -> ModelSpec:
     return ModelSpec(hidden=c.hidden, depth=c.depth, control_depth=c.control_depth, num_heads=c.num_heads,
                      mlp_ratio=c.mlp_ratio, patch=tuple(c.patch), in_channels=c.in_channels,
                      out_channels=c.in_channels, cond_tokens=cond_tokens, caption_channels=c.cond_dim,
-                     cross_view_mode="concat", views=c.views, control_cross_view=False, x_control_embedder=False)
+                     cross_view_mode="concat", views=c.views, control_cross_view=False, x_control_embedder=False,
+                     layout_channels=c.view_layout_channels)
 
 
 def synthetic_dataset(data_cfg: Dict):
