@@ -7,6 +7,6 @@ from .condition import VIEW_LAYOUT_CHANNELS, camera_features, encode_condition, 
 from .nuscenes_export import write_nuscenes
 from .synthetic import SyntheticDrivingDataset, collate, make_token
 
-__all__ = ["BEV_CHANNELS", "CAMERA_NAMES", "CLASS_NAMES", "BevGrid", "SyntheticDrivingDataset",
-           "VIEW_LAYOUT_CHANNELS",
-           "camera_features", "collate", "encode_condition", "make_token", "rasterize_map", "view_layout", "write_nuscenes"]
+__all__ = ["BEV_CHANNELS", "CAMERA_NAMES", "CLASS_NAMES", "VIEW_LAYOUT_CHANNELS", "BevGrid", "SyntheticDrivingDataset",
+           "camera_features", "collate", "encode_condition", "make_token", "rasterize_map", "view_layout",
+           "write_nuscenes"]
