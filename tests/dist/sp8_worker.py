@@ -27,7 +27,8 @@ def inputs(seed: int = 1):
     B, NC, T, H, W = 1, 6, 2, 48, 16
     return dict(x=torch.randn(B, NC, 4, T, H, W, generator=g), timestep=torch.tensor([300.0]),
                 y=torch.randn(B, 5, 32, generator=g), cams=torch.randn(B, NC, 12, generator=g),
-                bev_map=torch.randn(B, 3, 16, 16, generator=g))
+                bev_map=torch.randn(B, 3, 16, 16, generator=g),
+                view_layout=(torch.rand(B, NC, 15, T, H, W, generator=g) > 0.8).float())
 
 
 def patch(model, mode: str):
