@@ -1,14 +1,11 @@
 """FLOPs of pruned cross-view attention (coredit_video/flops.py, tools/flops.py --cross-view) against hand counts."""
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
 from coredit_video import flops as F
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.dist.common import load_tool
 
 
 def test_per_view_frame_counts_by_hand():
@@ -61,15 +58,8 @@ def test_xl_cross_view_reductions():
     assert F.count_flops("magicdrive-v2-xl", (848, 1600), ratios=0.0, cross_view="qkv")["total_reduction"] == 0.0
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("flops_tool", os.path.join(REPO, "tools", "flops.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cli_flag_and_json(capsys):
-    tool = _tool()
+    tool = load_tool("flops")
     assert tool.main(["--ratio", "0.26", "--cross-view", "qkv", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["inputs"]["cross_view"] == "qkv" and res["inputs"]["cross_view_select"] == "self"

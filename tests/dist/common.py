@@ -1,4 +1,5 @@
 """Shared by the torchrun workers and the single-process references they are compared with."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +15,14 @@ BANDS = 4
 GRIDS = [((4, 4), (3, 3)), ((5, 3), (3, 3))]
 STRIDE = 3  # 5 rows per band: SP ranks start at rows 5, 10, 15, none a multiple of m, so a wrong shift shows
 MODES = {"dense": None, "ratio0": 0.0, "ratio0.3": 0.3}
+
+
+def load_tool(name: str):
+    """The module of ``tools/<name>.py`` (tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def build_host(seed: int = 0) -> MultiViewSTDiT:

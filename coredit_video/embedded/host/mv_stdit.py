@@ -194,13 +194,13 @@ class MultiViewSTDiT(nn.Module):
         pt, ph, pw = cfg.patch
         h, w = self.token_grid(x)
         T = math.ceil(T0 / pt)
-        x = F.pad(x, (0, w * pw - W0, 0, h * ph - H0, 0, T * pt - T0))
+        pad = (0, w * pw - W0, 0, h * ph - H0, 0, T * pt - T0)
+        x = F.pad(x, pad)
         S, C = h * w, cfg.hidden
         tok = self.x_embedder(x.flatten(0, 1))  # [B*NC, C, T, h, w]
         if view_layout is not None and cfg.view_layout_channels:
             lay = F.adaptive_avg_pool3d(view_layout.flatten(0, 1).to(x.dtype), (T0, H0, W0))
-            lay = F.pad(lay, (0, w * pw - W0, 0, h * ph - H0, 0, T * pt - T0))
-            tok = tok + self.view_layout_embedder(lay)
+            tok = tok + self.view_layout_embedder(F.pad(lay, pad))
         tok = tok.flatten(3).permute(0, 2, 3, 1)  # [B*NC, T, S, C]
         tok = tok + sincos_2d(h, w, C, x.device).to(tok.dtype)[None, None]
         tok = tok + sincos_1d(T, C, x.device).to(tok.dtype)[None, :, None]
