@@ -94,7 +94,7 @@ def load_shipped_host(model: nn.Module, name_or_path: str = DEFAULT_NAME) -> Dic
             raise ShippedWeightsError(
                 f"{os.path.basename(path)} was trained for another host: " + ", ".join(
                     f"model.{k}={have[k]} vs {want[k]}" for k in diff) + "; use the config it was made with "
-                "(configs/embedded_pretrain.py) or drop train.init_from")
+                f"({manifest.get('config', 'see its manifest')}) or drop train.init_from")
     grown = load_growing(model, {k: v.float() for k, v in state.items()}, path)
     if grown:
         manifest = dict(manifest, grown=grown)
