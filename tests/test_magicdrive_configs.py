@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from coredit_video.integrations.magicdrive_runner import runner_of
+from coredit_video.integrations.magicdrive_runner import checkout_root, runner_of
 from tests.dist.common import REPO
 
 
@@ -25,9 +25,14 @@ def test_missing_checkout_is_reported(tool, config):
 
 
 @pytest.mark.skipif(not os.environ.get("MAGICDRIVE_V2_ROOT"), reason="MAGICDRIVE_V2_ROOT is not set")
-def test_recipe_config_resolves_against_the_checkout():
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute_root", "relative_root"])
+def test_recipe_config_resolves_against_the_checkout(relative, monkeypatch):
     from mmengine.config import Config
 
+    root = os.path.abspath(os.environ["MAGICDRIVE_V2_ROOT"])
+    # a relative root is what `MAGICDRIVE_V2_ROOT=../MagicDrive-V2 torchrun tools/train.py ...` gives the runner
+    monkeypatch.setenv("MAGICDRIVE_V2_ROOT", os.path.relpath(root) if relative else root)
+    assert checkout_root() == root and os.environ["MAGICDRIVE_V2_ROOT"] == root
     cfg = Config.fromfile(os.path.join(REPO, "configs", "magicdrive_coredit.py"))
     assert cfg.scheduler.type == "coredit_rflow" and cfg.sp_size == 8 and cfg.plugin == "zero2-seq"
     assert cfg.model.force_pad_h_for_sp_size == 8 and list(cfg.model.simulate_sp_size) == [8]

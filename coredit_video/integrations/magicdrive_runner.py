@@ -5,6 +5,7 @@ import ast
 import os
 import runpy
 import sys
+from typing import Optional
 
 
 def runner_of(path: str) -> str:
@@ -18,9 +19,23 @@ def runner_of(path: str) -> str:
     return "coredit"
 
 
+def checkout_root() -> Optional[str]:
+    """``$MAGICDRIVE_V2_ROOT`` made absolute (from the working directory) and written back, or None if unset.
+
+    The recipe configs name their ``_base_`` as ``{{$MAGICDRIVE_V2_ROOT}}/configs/...`` and mmengine resolves a
+    relative ``_base_`` from the config's own folder, so a relative root must be fixed before any config is read.
+    """
+    root = os.environ.get("MAGICDRIVE_V2_ROOT")
+    if not root:
+        return None
+    root = os.path.abspath(root)
+    os.environ["MAGICDRIVE_V2_ROOT"] = root
+    return root
+
+
 def run_magicdrive_script(script_name: str, config: str) -> int:
     """``$MAGICDRIVE_V2_ROOT/scripts/<script_name> <config>`` in this process, after ``register()``."""
-    root = os.environ.get("MAGICDRIVE_V2_ROOT")
+    root = checkout_root()
     script = os.path.join(root or "", "scripts", script_name)
     if not root or not os.path.isfile(script):
         print(f"error: set MAGICDRIVE_V2_ROOT to your MagicDrive-V2 checkout (commit 4ed72c6, with {script_name}; "
