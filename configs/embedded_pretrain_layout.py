@@ -7,4 +7,4 @@ work_dir = "work_dirs/embedded_pretrain_layout"
 seed = 1  # another training-sample order than stage 1 (the held-out scenes come from another world seed anyway)
 model = dict(view_layout_channels=15)
 optim = dict(lr=5e-4, warmup_steps=50)
-train = dict(steps=3000, init_from="work_dirs/embedded_pretrain/embedded_tiny_stage1.pt")
+train = dict(steps=5000, init_from="work_dirs/embedded_pretrain/embedded_tiny_stage1.pt")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Re-make the shipped embedded host from scratch (about 3 h on 2 CPU cores; every step is resumable: re-run
-# this script after an interruption). Stage 1: 5000 dense steps without the view layout; stage 2: 3000 steps
+# Re-make the shipped embedded host from scratch (about 3 h 20 min on 2 idle CPU cores; every step is resumable: re-run
+# this script after an interruption). Stage 1: 5000 dense steps without the view layout; stage 2: 5000 steps
 # with it, from stage 1's EMA; then the export (fp16 + sha256 manifest) and the host report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
