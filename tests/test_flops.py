@@ -272,7 +272,8 @@ def test_view_layout_embedder_counts_what_torch_counts():
     model = MultiViewSTDiT(host_config("tiny")).eval()
     x, t = torch.randn(1, 6, 4, 2, 16, 28), torch.tensor([500.0])
     y, cams, bev = torch.randn(1, 9, 32), torch.randn(1, 6, 12), torch.rand(1, 3, 16, 16)
-    layout = torch.rand(1, 6, 15, 2, 16, 28)
+    L = model.config.view_layout_channels
+    layout = torch.rand(1, 6, L, 2, 16, 28)
     measured = []
     for lay in (None, layout):
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -280,5 +281,5 @@ def test_view_layout_embedder_counts_what_torch_counts():
         measured.append(fc.get_total_flops())
     spec = builtin_spec(model, cond_tokens=10)
     counts = [F.count_flops(F.with_overrides(spec, layout_channels=c), hw_tokens=(8, 14), latent_frames=2)
-              for c in (0, 15)]
+              for c in (0, L)]
     assert counts[1]["dense_total"] - counts[0]["dense_total"] == measured[1] - measured[0] > 0

@@ -25,10 +25,11 @@ def inputs(seed: int = 1):
     """One sample of 6 views, latents 48x16 -> a 24x8 token grid per frame: 3 rows per band and per rank."""
     g = torch.Generator().manual_seed(seed)
     B, NC, T, H, W = 1, 6, 2, 48, 16
+    L = host_config("tiny").view_layout_channels
     return dict(x=torch.randn(B, NC, 4, T, H, W, generator=g), timestep=torch.tensor([300.0]),
                 y=torch.randn(B, 5, 32, generator=g), cams=torch.randn(B, NC, 12, generator=g),
                 bev_map=torch.randn(B, 3, 16, 16, generator=g),
-                view_layout=(torch.rand(B, NC, 15, T, H, W, generator=g) > 0.8).float())
+                view_layout=(torch.rand(B, NC, L, T, H, W, generator=g) > 0.8).float())
 
 
 def patch(model, mode: str):
