@@ -398,7 +398,6 @@ def test_bands_need_padded_rows(md):
 
 # ---------------------------------------------------------------------------------------------------- SP (torchrun)
 SP_SIZE = 2
-SP_ENV = "MAGICDRIVE_V2_SP"
 
 
 def _loss(out):
@@ -455,8 +454,6 @@ def _sp_worker(state_path, out_path):
     dist.destroy_process_group()
 
 
-@pytest.mark.skipif(os.environ.get(SP_ENV) != "1", reason=f"starts {SP_SIZE} torchrun workers that each import "
-                    f"MagicDrive-V2 (~20 s on 2 cores); set {SP_ENV}=1 to run it")
 def test_sequence_parallel_with_magicdrives_own_group(md, tmp_path):
     """SP=2 on gloo through MagicDrive-V2's own parallel_states group, split/gather and all-to-all attentions
     equals one process with the same bands: outputs dense and pruned, and the DP x SP-averaged gradients."""
