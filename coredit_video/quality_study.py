@@ -5,6 +5,7 @@ Every variant of one seed starts from the same weights, trains on the same sampl
 and generates the same held-out scenes from the same noise; only the pruning mechanism differs:
 
 ============================  ===========================================================================
+``dense``                     no pruning, fine-tuned like the others: the reference the pruned ones keep
 ``coredit``                   progressive schedule, coherence selection, reconstruction (the method)
 ``training_free``             ``coredit``'s final plan on the pre-trained host, no fine-tuning
 ``random``                    random selection at the same budgets (m-stride kept), progressive schedule
@@ -17,8 +18,10 @@ and generates the same held-out scenes from the same noise; only the pruning mec
                               ``cross_view_kv`` saves (capped at ``prune.max_ratio``)
 ============================  ===========================================================================
 
-Fidelity is measured against the pre-trained host's dense generation of the same scene and noise (the
-output the pruned model should keep); PSNR / SSIM / mAP / mIoU against the ground truth.
+Fidelity is PSNR / SSIM against a dense generation of the same scene and noise: for a fine-tuned variant
+the ``dense`` fine-tune's (what the same fine-tuning gives without pruning), for ``training_free``, the curve
+and ``dense`` itself the pre-trained host's (``pretrained_dense``). PSNR / SSIM / mAP / mIoU against the
+ground truth.
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 log = logging.getLogger("coredit.study")
 
-FINETUNED = ("coredit", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv", "cross_view_qkv",
+FINETUNED = ("dense", "coredit", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv", "cross_view_qkv",
              "self_matched")
-VARIANTS = ("coredit", "training_free", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv",
+VARIANTS = ("dense", "coredit", "training_free", "random", "no_reconstruction", "uniform", "tome", "cross_view_kv",
             "cross_view_qkv", "self_matched")
-METHOD_OF = {"coredit": "coredit", "training_free": "coredit", "random": "random",
+METHOD_OF = {"dense": "coredit", "coredit": "coredit", "training_free": "coredit", "random": "random",
              "no_reconstruction": "no_reconstruction", "uniform": "coredit", "tome": "tome",
              "cross_view_kv": "coredit", "cross_view_qkv": "coredit", "self_matched": "coredit"}
 CROSS_VIEW_OF = {"cross_view_kv": "kv", "cross_view_qkv": "qkv"}
@@ -69,6 +72,9 @@ class StudySettings:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
         if ("training_free" in self.variants or "uniform" in self.variants) and "coredit" not in self.variants:
             raise ValueError("variants training_free and uniform take coredit's plan: include coredit")
+        if any(v in FINETUNED for v in self.variants if v != "dense") and "dense" not in self.variants:
+            raise ValueError("fine-tuned variants are measured against the dense fine-tune's generations: include "
+                             "dense")
         if "self_matched" in self.variants and "cross_view_kv" not in self.variants:
             raise ValueError("variant self_matched matches cross_view_kv's FLOPs: include cross_view_kv")
         if not self.seeds:
@@ -85,6 +91,8 @@ def train_options(s: StudySettings, variant: str, seed: int, work_dir: str,
                             "prune.method": METHOD_OF[variant]}
     if s.steps is not None:
         opts["train.steps"] = s.steps
+    if variant == "dense":
+        opts.update({"prune.ratios": 0.0, "schedule.target_ratio": 0.0})
     if variant == "uniform":
         if coredit_plan is None:
             raise ValueError("the uniform variant needs coredit's plan (its mean ratio)")
@@ -187,11 +195,13 @@ def markdown(rows: List[dict], curve: List[dict], settings: StudySettings, plots
             "SSIM", "mAP", "mIoU")
     heads = ("mean r", "self-attn FLOPs -%", "total FLOPs -%", "fidelity PSNR", "fidelity SSIM", "PSNR", "SSIM",
              "mAP (%)", "mIoU (%)")
+    ref_of = {r["variant"]: r.get("fidelity_reference") or "-" for r in rows}
     lines = [f"Seeds {list(settings.seeds)}, world seed {settings.world_seed}, {settings.scenes} held-out scenes; "
-             "mean over seeds with (min..max).", "",
-             "| variant | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+             "mean over seeds with (min..max). Fidelity is to the dense generation named in \"fidelity to\".", "",
+             "| variant | fidelity to | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for agg in summarize(rows):
-        lines.append(f"| {agg['variant']} | " + " | ".join(cell(c, agg.get(c)) for c in cols) + " |")
+        lines.append(f"| {agg['variant']} | {ref_of[agg['variant']]} | "
+                     + " | ".join(cell(c, agg.get(c)) for c in cols) + " |")
     if curve:
         lines += ["", "Training-free quality against the ratio (uniform ratio in every block, pre-trained host):", "",
                   "| method | ratio | self-attn FLOPs -% | fidelity PSNR | fidelity SSIM | mAP (%) | mIoU (%) |",
@@ -288,7 +298,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         dense_dir = videos("pretrained_dense", seed, "pretrained", None, "coredit")
         ref = score("pretrained_dense", dense_dir, None, dataset)
         rows.append(dict(variant="pretrained_dense", seed=seed, mean_ratio=0.0, self_attention_reduction=0.0,
-                         total_reduction=0.0, **ref))
+                         total_reduction=0.0, **ref, fidelity_reference=None))
         if seed == s.seeds[0]:
             reference = ref
         plans: Dict[str, dict] = {}
@@ -300,14 +310,16 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         for v in [v for v in s.variants if v in FINETUNED]:  # coredit first: uniform takes its mean ratio
             work[v] = finetune(s, v, seed, plans.get("coredit"), matched)
             plans[v] = read_plan(os.path.join(work[v], "plan.json"))
-        for v in s.variants:
+        for v in s.variants:  # dense first: the fine-tuned variants' fidelity reference
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
             folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],
                             CROSS_VIEW_OF.get(v, "off"))
+            ref_name = "dense" if v in FINETUNED and v != "dense" else "pretrained_dense"
+            ref_dir = os.path.join(s.out, "videos", f"seed{seed}", ref_name)
             rows.append(dict(variant=v, seed=seed, mean_ratio=float(plan["mean_ratio"]),
                              **flops_of(probe, plan["ratios"], bands, stride, CROSS_VIEW_OF.get(v, "off")),
-                             **score(v, folder, dense_dir, dataset)))
+                             **score(v, folder, ref_dir, dataset), fidelity_reference=ref_name))
             log.info("%s seed %d: %s", v, seed, {k: rows[-1][k] for k in FIELDS[2:]})
     curve: List[dict] = []
     seed0 = s.seeds[0]

@@ -1,4 +1,5 @@
 """tools/ablate.py: each variant is configured as it says, and a tiny run of every variant completes the report."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,6 +20,10 @@ def _config(opts):
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict(opts)
     return build_train_config(cfg)
+
+
+def by_name(rows, variant, seed=0):
+    return next(r for r in rows if r["variant"] == variant and r["seed"] == seed)
 
 
 def test_uniform_starts_every_block_at_coredit_s_mean_ratio_and_never_changes():
@@ -50,8 +55,6 @@ def test_cross_view_variants_add_only_cross_view_pruning(variant, mode):
 
 
 def test_self_matched_raises_the_self_attention_target_to_the_cross_view_flops():
-    import dataclasses
-
     from coredit_video.quality_study import flops_of, matched_target
     from coredit_video.training.hosts import build_host_bundle
 
@@ -79,7 +82,18 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match="unknown variant"):
         StudySettings(variants=["coredit", "magic"])
     with pytest.raises(ValueError, match="include cross_view_kv"):
-        StudySettings(variants=["coredit", "self_matched"])
+        StudySettings(variants=["dense", "coredit", "self_matched"])
+    with pytest.raises(ValueError, match="include dense"):
+        StudySettings(variants=["coredit", "tome"])
+    StudySettings(variants=["coredit", "training_free", "dense"])
+
+
+def test_dense_reference_fine_tunes_without_pruning():
+    s = StudySettings(config=CONFIG, steps=7)
+    tcfg, base = _config(train_options(s, "dense", 0, "/tmp/x")), _config({})
+    assert tcfg.prune.ratios == 0.0 and tcfg.schedule.target_ratio == 0.0  # never prunes ...
+    assert tcfg.train == dataclasses.replace(base.train, steps=7)  # ... and trains like the others
+    assert tcfg.optim == base.optim and tcfg.data == base.data
 
 
 def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
@@ -96,6 +110,10 @@ def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
     payload = json.loads((out / "quality.json").read_text())
     rows = payload["results"]
     assert {r["variant"] for r in rows if r["seed"] == 0} == set(VARIANTS) | {"pretrained_dense"}
+    refs = {r["variant"]: r["fidelity_reference"] for r in rows}
+    assert refs["coredit"] == refs["tome"] == refs["uniform"] == "dense"  # fine-tuned: against the dense fine-tune
+    assert refs["training_free"] == refs["dense"] == "pretrained_dense"
+    assert rows[0]["variant"] == "pretrained_dense" and by_name(rows, "dense")["mean_ratio"] == 0.0
     for r in rows:
         assert set(FIELDS) <= set(r)
         for k in FIELDS[2:]:

@@ -156,6 +156,8 @@ BASE = dict(work_dir="w", model=dict(type="builtin"), data=dict(type="synthetic"
     (dict(schedule=dict(max_ratio=0.5, target_ratio=0.2)), "schedule.max_ratio is gone: set the per-block cap once, "
                                                          "as prune.max_ratio"),
     (dict(epochs=3), "epochs"),
+    (dict(optim=dict(decay_steps=-1)), "optim.decay_steps"),
+    (dict(optim=dict(decay_steps=200), train=dict(steps=100)), "optim.decay_steps=200 exceeds train.steps=100"),
 ])
 def test_bad_config_values_name_the_key(bad, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

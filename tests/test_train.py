@@ -2,6 +2,7 @@
 crash + resume equivalence, bad configs failing at start."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,10 +47,23 @@ def _final_state(work_dir):
     return model, trainer
 
 
+# a warm-up step, then the learning rate decays linearly over the last 6 of the 8 steps (the resume lands inside it)
+DECAY = ["optim.lr=2e-4", "optim.warmup_steps=1", "optim.decay_steps=6"]
+
+
+def _logged_lrs(work_dir):
+    lines = (work_dir / "train.log").read_text().splitlines()
+    return {int(m.group(1)): float(m.group(2)) for m in
+            (re.search(r"step (\d+)/\d+ loss .* lr ([0-9.e+-]+) ", ln) for ln in lines) if m}
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    subprocess.run(_cmd(a), env=_env(), check=True, capture_output=True, timeout=600)
-    proc = subprocess.Popen(_cmd(b), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    subprocess.run(_cmd(a, *DECAY), env=_env(), check=True, capture_output=True, timeout=600)
+    lrs = _logged_lrs(a)  # logged after step k (1-based): the rate step k trained at
+    for k, frac in zip(range(3, 9), (6, 5, 4, 3, 2, 1)):  # 0-based step k-1 trains at lr * (8 - (k-1)) / 6
+        assert lrs[k] == pytest.approx(2e-4 * frac / 6, rel=5e-3), (k, lrs)
+    proc = subprocess.Popen(_cmd(b, *DECAY), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     marker = b / "checkpoints" / "step_00000004" / "COMPLETE"
     deadline = time.time() + 600
@@ -59,7 +73,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert marker.exists(), "the run ended before it wrote the step-4 checkpoint"
     assert not (b / "checkpoints" / "step_00000008").exists()
-    resumed = subprocess.run(_cmd(b, "--resume", "auto"), env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_cmd(b, *DECAY, "--resume", "auto"), env=_env(), capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     model_a, trainer_a = _final_state(a)

@@ -37,10 +37,13 @@ class OptimConfig:
     zero_stage: int = 2
     precision: str = "fp32"  # fp32 | bf16 | fp16
     warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many optimizer steps
+    decay_steps: int = 0  # linear learning-rate decay to 0 over the last this many steps of train.steps
 
     def __post_init__(self):
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        for name in ("warmup_steps", "decay_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -133,6 +136,8 @@ def build_train_config(cfg: Any) -> TrainConfig:
         raise ValueError(f"bad value in config 'prune': {e}") from None
     sched, pr = out["schedule"], out["prune"]
     sched.check_cap(pr.max_ratio)
+    if out["optim"].decay_steps > out["train"].steps:
+        raise ValueError(f"optim.decay_steps={out['optim'].decay_steps} exceeds train.steps={out['train'].steps}")
     if out["rflow"].num_sampling_steps < pr.late_steps:
         raise ValueError(f"rflow.num_sampling_steps={out['rflow'].num_sampling_steps} is below "
                          f"prune.late_steps={pr.late_steps}")

@@ -52,6 +52,23 @@ def deepspeed_config(micro_batch: int, lr: float, grad_accum: int = 1, zero_stag
     return cfg
 
 
+def decayed_lr(lr: float, step: int, total_steps: int, decay_steps: int) -> Optional[float]:
+    """The learning rate of optimizer step ``step`` (0-based) in the linear decay to 0 over the last
+    ``decay_steps`` of ``total_steps``; ``None`` before the decay starts (the engine's own schedule holds).
+    The last step trains at ``lr / decay_steps``, not at 0."""
+    start = total_steps - decay_steps
+    if decay_steps <= 0 or step < start:
+        return None
+    return lr * (total_steps - step) / decay_steps
+
+
+def set_lr(engine, lr: float) -> None:
+    """Set the learning rate of every parameter group for the next ``engine.step()``. DeepSpeed's warm-up
+    scheduler rewrites it after each optimizer step, so call this before each step of a decay."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _quiet_cpu_deepspeed() -> None:
     """Without CUDA: name DeepSpeed's accelerator (no "unable to detect" warning) and skip the shared-memory
     all-reduce op that its CPU comm backend JIT-compiles on start (~50 s, silent, needs a C++ compiler):

@@ -24,7 +24,7 @@ from ..schedule import ProgressiveSchedule
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
-from .engine import build_engine, deepspeed_config
+from .engine import build_engine, decayed_lr, deepspeed_config, set_lr
 from .hosts import build_host_bundle
 from .losses import flow_loss
 from .step import begin_step, end_step, last_pruned_block, make_teacher
@@ -165,6 +165,10 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
     ran = 0
     t_start = time.time()
     while step < tc.steps:
+        lr = decayed_lr(o.lr, step, tc.steps, o.decay_steps)
+        if lr is not None:
+            set_lr(engine, lr)
+        used_lr = float(engine.optimizer.param_groups[0]["lr"])
         begin_step(ctrl, schedule)
         attn_block = last_pruned_block(ctrl, schedule)
         terms_sum: Dict[str, float] = {}
@@ -213,12 +217,14 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
                 writer.add_scalar("loss/total", loss_t.item(), step)
                 for k in ("loss_ori", "loss_pred", "loss_attn"):
                     writer.add_scalar(f"loss/{k[5:]}", terms_sum[k], step)
+                writer.add_scalar("optim/lr", used_lr, step)
                 writer.add_scalar("prune/mean_ratio", schedule.mean_ratio, step)
                 writer.add_scalar("prune/flops_saved_so_far", flops.fraction, step)
             if step % tc.log_every == 0:
-                log.info("step %d/%d loss %.4f (ori %.4f pred %.4f attn %.4f) mean ratio %.3f FLOPs saved %.2f%%",
-                         step, tc.steps, loss_t.item(), terms_sum["loss_ori"], terms_sum["loss_pred"],
-                         terms_sum["loss_attn"], schedule.mean_ratio, 100 * flops.fraction)
+                log.info("step %d/%d loss %.4f (ori %.4f pred %.4f attn %.4f) lr %.3g mean ratio %.3f "
+                         "FLOPs saved %.2f%%", step, tc.steps, loss_t.item(), terms_sum["loss_ori"],
+                         terms_sum["loss_pred"], terms_sum["loss_attn"], used_lr, schedule.mean_ratio,
+                         100 * flops.fraction)
         if step % tc.ckpt_every == 0 or step == tc.steps:
             path = save_checkpoint(engine, cfg.work_dir, step, dict(
                 step=step, schedule=schedule.state_dict(), ema=ema.state_dict(), flops=(flops.dense, flops.saved),
