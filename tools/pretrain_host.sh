@@ -10,4 +10,4 @@ python tools/export_host.py configs/embedded_pretrain.py --out work_dirs/embedde
 torchrun --nproc_per_node 2 tools/train.py configs/embedded_pretrain_layout.py --resume auto
 python tools/export_host.py configs/embedded_pretrain_layout.py
 python tools/host_report.py --train-log work_dirs/embedded_pretrain/train.log work_dirs/embedded_pretrain_layout/train.log \
-    --scenes 8 --out docs/embedded_host
+    --scenes 16 --out docs/embedded_host
