@@ -3,7 +3,7 @@
 fine-tuned from the shipped pre-trained host with the same data, steps and noise, plus a training-free
 quality-against-ratio curve.
 
-    python tools/ablate.py --out docs/quality                        # the full study (about an hour on 2 cores)
+    python tools/ablate.py --out docs/quality                        # the full study (about 80 min on 2 cores)
     python tools/ablate.py --steps 2 --sampling-steps 2 --scenes 1 --curve-ratios 0.3 --out /tmp/smoke
 
 Writes ``quality.json`` (one object per variant and seed), ``quality.md`` and ``quality_vs_ratio.png`` into

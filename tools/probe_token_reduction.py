@@ -2,7 +2,7 @@
 """Why token merging beats CoReDiT without fine-tuning on the embedded host: the attention-output error of
 each token-reduction mechanism, block by block, on the host's own inputs along the dense sampling trajectory.
 
-    python tools/probe_token_reduction.py --scenes 2 --out docs/quality/probe
+    python tools/probe_token_reduction.py --scenes 2 --out docs/quality
 
 Every spatial self-attention call of a dense generation (30 steps, the shipped host, held-out scenes) is also
 computed reduced, at each ratio, by four mechanisms that split CoReDiT and ToMe into their two differences:
