@@ -16,6 +16,7 @@ data = dict(
 # times in the less noisy half, where the layout and the boxes are no longer decided)
 # No classifier-free guidance (cfg_scale 1.0, one forward per step): guidance saturates the boxes' colours, which the
 # built-in perception classifies by chromaticity. Chosen on held-out scenes 3000-3007 (dense / codec mAP 0.22 at
-# CFG 2.0, 0.32 at 1.5, 0.45 at 1.0), confirmed on the reported scenes 1000-1015 (0.38 -> 0.53); docs/embedded_host.md
+# CFG 2.0, 0.32 at 1.5, 0.45 at 1.0), confirmed on scenes 1000-1015 (0.38 -> 0.53) and 4000-4015 (0.18 -> 0.58);
+# docs/embedded_host.md
 rflow = dict(num_sampling_steps=30, cfg_scale=1.0, use_timestep_transform=True, frame_rule="clamp",
              base_resolution=64 * 112)
