@@ -8,6 +8,7 @@ from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.attention.dense import dense_self_attention
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets
+from coredit_video.ops.partition import partition
 from tests.dist.common import REPO
 
 HW = (8, 12)
@@ -42,6 +43,8 @@ def test_mechanisms_against_loop_references():
     Fr, N, _ = x.shape
     K = sum(band_budgets(HW, 0.4, LAYOUT.stride, LAYOUT.ordinal, 2))
     out = probe.reduced_outputs(attn, x, HW, 0.4, LAYOUT, 2)
+    part = partition(HW, LAYOUT.grid, LAYOUT.subgrid, 2)
+    local_differs = False
     with torch.no_grad():
         y_co, red_co = out["coredit"]
         assert torch.equal(y_co, pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2))
@@ -55,10 +58,21 @@ def test_mechanisms_against_loop_references():
             keep = [t for t in range(N) if not red_co[f, t]]
             ref_keep = dense_self_attention(attn, x[f:f + 1, keep])[0]
             torch.testing.assert_close(y_nn[f, keep], ref_keep)  # retained rows: attention over the retained
+            y_ln, red_ln = out["coredit_local_nearest"]
+            assert torch.equal(red_ln, red_co)
+            torch.testing.assert_close(y_ln[f, keep], ref_keep)
             for t in range(N):
-                if red_co[f, t]:  # skipped: the output of the most similar retained token
+                if red_co[f, t]:  # skipped: the output of the most similar retained token ...
                     j = max(keep, key=lambda k: float(_cos(x[f, t], x[f, k])))
                     torch.testing.assert_close(y_nn[f, t], ref_keep[keep.index(j)])
+                    # ... of the finest level holding one: sub-grid cell, grid cell, band
+                    for ids in (part.sub, part.cell, part.band):
+                        near = [k for k in keep if ids[k] == ids[t]]
+                        if near:
+                            break
+                    j = max(near, key=lambda k: float(_cos(x[f, t], x[f, k])))
+                    torch.testing.assert_close(y_ln[f, t], ref_keep[keep.index(j)])
+                    local_differs |= not torch.equal(y_ln[f, t], y_nn[f, t])
             own = [t for t in range(N) if not red_td[f, t]]
             merged = [t for t in range(N) if red_td[f, t]]
             assert len(merged) == K and not any(dst[t] for t in merged)  # only sources merge
@@ -70,3 +84,4 @@ def test_mechanisms_against_loop_references():
                 torch.testing.assert_close(y_td[f, t], ref_own[own.index(d)])
                 torch.testing.assert_close(y_tm[f, t], y_tm[f, d])  # ... and in ToMe the averaged one's
             assert not torch.allclose(y_tm[f, merged], y_td[f, merged])  # averaging changes what they get
+    assert local_differs  # the restriction to the cell matters for some token

@@ -5,21 +5,20 @@ each token-reduction mechanism, block by block, on the host's own inputs along t
     python tools/probe_token_reduction.py --scenes 2 --out docs/quality
 
 Every spatial self-attention call of a dense generation (30 steps, the shipped host, held-out scenes) is also
-computed reduced, at each ratio, by four mechanisms that split CoReDiT and ToMe into their two differences:
+computed reduced, at each ratio, by five mechanisms that split CoReDiT and ToMe into their differences:
 
-=====================  ====================================================  =================================
-mechanism              which tokens skip attention                           what a skipped token gets
-=====================  ====================================================  =================================
-``coredit``            coherence scores, per-band budgets, m-stride kept     coherence-weighted sub-grid mean
-``coredit_nearest``    the same                                              the output of the retained token
-                                                                             most similar to it (cosine)
-``tome_drop``          ToMe's bipartite matching (sources most similar to    its destination's output; the
-                       a 2x2-cell destination)                               destination is not averaged
-``tome``               the same                                              the averaged destination's output
-=====================  ====================================================  =================================
+- ``coredit``: coherence scores, per-band budgets, m-stride tokens kept; a skipped token gets the
+  coherence-weighted mean of its sub-grid cell's retained outputs (the method);
+- ``coredit_local_nearest``: the same selection; a skipped token gets the output of the most similar (cosine of
+  the inputs) retained token of its sub-grid cell, else grid cell, else band (a rule that linear time allows);
+- ``coredit_nearest``: the same selection; the output of the most similar retained token of the frame;
+- ``tome_drop``: ToMe's bipartite matching (sources most similar to a 2x2-cell destination); a merged source
+  gets its destination's output, the destination not averaged;
+- ``tome``: ToMe, the destination averaged with its sources before attention.
 
-``coredit`` -> ``coredit_nearest`` is the reconstruction rule, ``coredit_nearest`` -> ``tome_drop`` the
-selection, ``tome_drop`` -> ``tome`` the averaging. The error is ``sum |Y_hat - Y|^2 / sum |Y|^2`` over all
+``coredit`` -> ``coredit_nearest`` is the reconstruction rule (``coredit_local_nearest``: how much of it a
+linear-time rule keeps), ``coredit_nearest`` -> ``tome_drop`` the selection, ``tome_drop`` -> ``tome`` the
+averaging. The error is ``sum |Y_hat - Y|^2 / sum |Y|^2`` over all
 calls (``Y``: the dense output, before the output projection's residual), split into the rows that skipped
 attention and the rows that attended (over fewer keys). The generation itself stays dense, so every mechanism
 sees the same inputs. Writes ``probe.json`` and ``probe.md`` into ``--out``.
@@ -35,7 +34,7 @@ from typing import Dict, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MECHANISMS = ("coredit", "coredit_nearest", "tome_drop", "tome")
+MECHANISMS = ("coredit", "coredit_local_nearest", "coredit_nearest", "tome_drop", "tome")
 
 
 def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: int = 1) -> Dict[str, tuple]:
@@ -46,6 +45,7 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
     from coredit_video.attention.baselines import bipartite_merge, destination_mask
     from coredit_video.attention.dense import dense_self_attention
     from coredit_video.attention.pruned import choose_tokens, gather_tokens, pruned_self_attention
+    from coredit_video.ops.partition import partition
     from coredit_video.ops.selection import band_budgets
 
     Fr, N, C = x.shape
@@ -72,6 +72,17 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
     y[frame, sel.keep] = y_keep
     y[frame, sel.skip] = y_keep[frame, nearest]
     out["coredit_nearest"] = (y, skipped)
+    # the same copy restricted as CoReDiT's reconstruction is: the finest level (sub-grid cell, grid cell, band)
+    # that holds a retained token (linear time: a cell's size is fixed)
+    part = partition(hw, layout.grid, layout.subgrid, bands)
+    level = torch.full_like(sim, -1.0)
+    for ids in (part.band, part.cell, part.sub):  # coarse to fine: a finer match overrides
+        same = ids[sel.skip].unsqueeze(-1) == ids[sel.keep].unsqueeze(1)  # [F, K, N-K]
+        has = same.any(-1, keepdim=True)
+        level = torch.where(has, torch.where(same, sim, torch.full_like(sim, -2.0)), level)
+    y = y.clone()
+    y[frame, sel.skip] = y_keep[frame, level.argmax(-1)]
+    out["coredit_local_nearest"] = (y, skipped)
 
     # ToMe, and its matching without the averaging. After unmerge a token reads its own row (a destination, or a
     # source left unmerged: those rows come first) or, if merged, its destination's row.
