@@ -310,7 +310,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         for v in [v for v in s.variants if v in FINETUNED]:  # coredit first: uniform takes its mean ratio
             work[v] = finetune(s, v, seed, plans.get("coredit"), matched)
             plans[v] = read_plan(os.path.join(work[v], "plan.json"))
-        for v in s.variants:  # dense first: the fine-tuned variants' fidelity reference
+        for v in sorted(s.variants, key=lambda v: v != "dense"):  # dense first: the fine-tuned variants' reference
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
             folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],
