@@ -307,10 +307,11 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         if "self_matched" in s.variants:
             matched = matched_target(probe, tcfg.schedule.target_ratio, n_blocks, bands, stride,
                                      tcfg.prune.max_ratio, tcfg.schedule.delta_ratio)
-        for v in [v for v in s.variants if v in FINETUNED]:  # coredit first: uniform takes its mean ratio
+        ordered = [v for v in VARIANTS if v in s.variants]  # dense, then coredit (uniform takes its plan), ...
+        for v in [v for v in ordered if v in FINETUNED]:
             work[v] = finetune(s, v, seed, plans.get("coredit"), matched)
             plans[v] = read_plan(os.path.join(work[v], "plan.json"))
-        for v in sorted(s.variants, key=lambda v: v != "dense"):  # dense first: the fine-tuned variants' reference
+        for v in ordered:  # dense first: the fine-tuned variants' fidelity reference
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
             folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],

@@ -103,6 +103,7 @@ def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
     proc = subprocess.run(
         [sys.executable, "tools/ablate.py", "--nproc", "1", "--seeds", "0", "--steps", "2", "--sampling-steps",
          "2", "--scenes", "1", "--curve-ratios", "0.3", "--out", str(out),
+         "--variants", *reversed(VARIANTS),  # any order: the study runs each after the ones it depends on
          "--cfg-options", "data.image_hw=(32,56)", "train.ckpt_every=2", "schedule.interval=1",
          "schedule.delta_ratio=0.1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
