@@ -311,16 +311,17 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         for v in [v for v in ordered if v in FINETUNED]:
             work[v] = finetune(s, v, seed, plans.get("coredit"), matched)
             plans[v] = read_plan(os.path.join(work[v], "plan.json"))
+        folders = {"pretrained_dense": dense_dir}
         for v in ordered:  # dense first: the fine-tuned variants' fidelity reference
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
             folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],
                             CROSS_VIEW_OF.get(v, "off"))
+            folders[v] = folder
             ref_name = "dense" if v in FINETUNED and v != "dense" else "pretrained_dense"
-            ref_dir = os.path.join(s.out, "videos", f"seed{seed}", ref_name)
             rows.append(dict(variant=v, seed=seed, mean_ratio=float(plan["mean_ratio"]),
                              **flops_of(probe, plan["ratios"], bands, stride, CROSS_VIEW_OF.get(v, "off")),
-                             **score(v, folder, ref_dir, dataset), fidelity_reference=ref_name))
+                             **score(v, folder, folders[ref_name], dataset), fidelity_reference=ref_name))
             log.info("%s seed %d: %s", v, seed, {k: rows[-1][k] for k in FIELDS[2:]})
     curve: List[dict] = []
     seed0 = s.seeds[0]

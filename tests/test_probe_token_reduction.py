@@ -51,6 +51,8 @@ def test_mechanisms_against_loop_references():
         y_nn, red_nn = out["coredit_nearest"]
         assert torch.equal(red_nn, red_co) and int(red_co[0].sum()) == K
         dst = [(t // HW[1]) % 2 == 0 and (t % HW[1]) % 2 == 0 for t in range(N)]
+        y_ln, red_ln = out["coredit_local_nearest"]
+        assert torch.equal(red_ln, red_co)
         y_td, red_td = out["tome_drop"]
         y_tm, red_tm = out["tome"]
         assert torch.equal(red_td, red_tm)
@@ -58,8 +60,6 @@ def test_mechanisms_against_loop_references():
             keep = [t for t in range(N) if not red_co[f, t]]
             ref_keep = dense_self_attention(attn, x[f:f + 1, keep])[0]
             torch.testing.assert_close(y_nn[f, keep], ref_keep)  # retained rows: attention over the retained
-            y_ln, red_ln = out["coredit_local_nearest"]
-            assert torch.equal(red_ln, red_co)
             torch.testing.assert_close(y_ln[f, keep], ref_keep)
             for t in range(N):
                 if red_co[f, t]:  # skipped: the output of the most similar retained token ...

@@ -44,7 +44,8 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
 
     from coredit_video.attention.baselines import bipartite_merge, destination_mask
     from coredit_video.attention.dense import dense_self_attention
-    from coredit_video.attention.pruned import choose_tokens, gather_tokens, pruned_self_attention
+    from coredit_video.attention.dispatch import reconstruct
+    from coredit_video.attention.pruned import choose_tokens, gather_tokens
     from coredit_video.ops.partition import partition
     from coredit_video.ops.selection import band_budgets
 
@@ -59,12 +60,13 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
     attend = lambda t: dense_self_attention(attn, t)  # noqa: E731
     frame = torch.arange(Fr).view(Fr, 1)
 
-    # CoReDiT, and its selection with a nearest-retained-token copy
+    # CoReDiT (as pruned_self_attention computes it), and its selection with a nearest-retained-token copy
     sel = choose_tokens(x, hw, ratio, layout, bands, budgets=budgets)
     skipped = torch.zeros(Fr, N, dtype=torch.bool)
     skipped[frame, sel.skip] = True
-    out["coredit"] = (pruned_self_attention(attn, x, hw, ratio, layout, bands, budgets=budgets), skipped)
     y_keep = attend(gather_tokens(x, sel.keep))
+    out["coredit"] = (reconstruct(y_keep, sel.keep, sel.skip, sel.sc, hw, layout.grid, layout.subgrid, bands),
+                      skipped)
     xn = torch.nn.functional.normalize(x.float(), dim=-1)
     sim = gather_tokens(xn, sel.skip) @ gather_tokens(xn, sel.keep).transpose(1, 2)  # [F, K, N-K]
     nearest = sim.argmax(-1)
@@ -135,13 +137,14 @@ def main(argv=None) -> int:
     def probe(ordinal, attn, x):
         hw, layout = ctrl.context.hw, ctrl.layouts[ordinal]
         y = dense_self_attention(attn, x)
+        energy = float(y.float().pow(2).sum())
         for r in args.ratios:
             for m, (y_hat, red) in reduced_outputs(attn, x, hw, r, layout, ctrl.bands).items():
                 d = (y_hat - y).float().pow(2).sum(-1)
                 s = sums[(m, r)]
                 s[0] += float(d[red].sum())
                 s[1] += float(d[~red].sum())
-                s[2] += float(y.float().pow(2).sum())
+                s[2] += energy
                 s[3] += int(red.sum())
                 s[4] += red.numel()
         return y
