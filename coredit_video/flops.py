@@ -52,6 +52,57 @@ divide = 3, cell mean = 1, dot with the cell mean = 2) and reconstruction
 divide by the weight sum, gather back). Sorting is ``O(n log n)`` scalar work, not counted. A block
 whose budget is ``K = 0`` runs dense and pays no overhead.
 
+Token-reduction methods (``method=``, CLI ``--method``) and their own work
+--------------------------------------------------------------------------
+Every method's pruned count includes its overhead: the work it adds to the dense block (scoring, similarity,
+merging, reconstruction...), so the reported reductions are net of it (``overhead_flops`` is that work
+summed over the whole forward, ``overhead_terms`` splits it by named term). Per pruned frame of ``N = H*W``
+tokens, ``K`` skipped (the per-band budgets below), ``R = N - K`` kept, ``S = sh*sw`` the block's sub-grid
+(an upper bound on the retained candidates of a skipped token's cell; block ``l`` uses ``grids[l % len]``,
+default that of ``PruneConfig``):
+
+==================  =========================================  ==========================================
+method              attention                                  overhead (FLOPs per frame and block)
+==================  =========================================  ==========================================
+coredit             ``8RC^2 + 4R^2C``                          scoring ``6NC`` + eq. 3 ``4NC``
+random              as coredit                                 as coredit
+no_reconstruction   as coredit                                 scoring ``6NC``
+coredit_copy        as coredit                                 scoring + cosine (normalise ``3NC``, ``2KSC``)
+                                                               + argmax ``KS`` + copy ``KC``
+coredit_sharp       as coredit                                 scoring + cosine + softmax ``5KS`` + weighted
+                                                               sum ``2KSC``
+coredit_merge       as coredit                                 scoring + cosine + argmax + merge
+                                                               ``2KC + RC`` + ``log(size)`` bias
+                                                               ``heads R^2`` + copy ``KC``
+coredit_kv          ``4NC^2 + 4RC^2 + 4NRC`` (all queries)     scoring ``6NC``
+todo                as coredit_kv with ``R' = N - 3 ceil(K/3)``  cell ranking ``4NC`` + pooling ``NC``
+tome                as coredit, ``K <= Ns``                    normalise ``3NC`` + ``2 Ns Nd C`` + max
+                                                               ``Ns Nd`` + sort ``Ns ceil(log2 Ns)`` + merge
+                                                               ``KC + RC`` + unmerge ``NC``
+==================  =========================================  ==========================================
+
+CoReDiT's selection (top-K of ``N`` scalar scores per band) and its gathers are not counted in the attention
+scope, as before; ToMe's sort is (``Ns ceil(log2 Ns)``), as the spec asks. ToDo pools ``ceil(K/3)`` of the
+``floor(H/2) floor(W/2)`` whole 2x2 cells (each removes 3 keys), so it drops ``3 ceil(K/3)`` keys, at most
+``3 * cells`` and at most ``N - 1``. ToMe has one destination per 2x2 cell (``Nd = ceil(H/2) ceil(W/2)``,
+``Ns = N - Nd``) and merges ``min(K, Ns)`` sources. Cross-view pruning (``cross_view`` ``kv``/``qkv``)
+reuses CoReDiT's retained set; ``todo`` and ``tome`` have none, so they refuse it.
+
+Scope (``scope=``, CLI ``--scope``)
+----------------------------------
+``attention`` (default, the paper): only the spatial self-attention (and cross-view attention with
+``cross_view``) is pruned. ``block``: every prunable spatial block runs entirely on its ``R`` retained tokens
+per view-frame: self-attention on ``R``, cross-view attention with queries and every neighbour's keys and
+values on ``R`` (whatever ``cross_view`` says), cross-attention with ``R`` queries (the ``L`` condition
+tokens' keys and values unchanged) and the MLP on ``R``. Its overhead: scoring ``6NC``, gather of the block
+input ``RC``, and (except ``no_reconstruction``, whose skipped tokens pass through) the skipped tokens' block
+residual: residual ``NC`` (subtract on ``R``, add on ``K``) plus the method's restoration rule (eq. 3 ``4NC``,
+the copy's, the sharpened average's, the merge's; the merge also pays the ``log(size)`` bias on every
+attention over merged keys: ``heads R^2`` in self-attention and per neighbour in cross-view). Temporal blocks
+stay dense. Only the CoReDiT family (coredit, random, no_reconstruction, coredit_copy, coredit_sharp,
+coredit_merge) has a block scope. The block's overhead is booked to ``spatial_self_attention`` (where
+the selection is made), so that kind's reduction is net of it.
+
 Token budget: per frame and band ``K = floor(r * band_tokens)``, capped at the band's non-forced
 tokens (m-stride retention, ``(i + j - l) mod m == 0`` always kept, default ``m = 3``) and at
 ``band_tokens - 1``, exactly as :func:`coredit_video.ops.selection.band_budgets`.
@@ -86,7 +137,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .ops.selection import band_budgets, check_ratio
-from .plan import Plan, read_plan
+from .plan import Plan, grids_json, parse_grids, read_plan
 
 __all__ = [
     "KINDS",
@@ -110,6 +161,36 @@ __all__ = [
     "cross_attention_flops",
     "mlp_flops",
     "temporal_self_attention_flops",
+    "METHODS",
+    "SCOPES",
+    "BLOCK_SCOPE_METHODS",
+    "DEFAULT_GRIDS",
+    "scoring_flops",
+    "reconstruction_flops",
+    "cosine_normalise_flops",
+    "cell_similarity_flops",
+    "argmax_flops",
+    "copy_flops",
+    "softmax_flops",
+    "weighted_sum_flops",
+    "merge_flops",
+    "proportional_attention_flops",
+    "gather_flops",
+    "residual_flops",
+    "todo_rank_flops",
+    "todo_pool_flops",
+    "tome_similarity_flops",
+    "tome_max_flops",
+    "tome_sort_flops",
+    "tome_merge_flops",
+    "unmerge_flops",
+    "tome_destinations",
+    "todo_dropped_keys",
+    "method_skipped",
+    "kv_only_attention_flops",
+    "method_attention_flops",
+    "restoration_terms",
+    "method_overhead_terms",
     "count_flops",
     "flops_saved_fraction",
     "with_overrides",
@@ -137,6 +218,24 @@ DEFAULT_FRAMES = 17
 """Video frames of the default clip (MagicDrive-V2 tests 16/17-frame clips): 5 latent frames."""
 DEFAULT_RESOLUTION = (848, 1600)
 """Default ``(H, W)`` in pixels: MagicDrive-V2's highest resolution bucket."""
+
+METHODS: Tuple[str, ...] = (
+    "coredit", "random", "no_reconstruction", "coredit_copy", "coredit_sharp", "coredit_merge",
+    "coredit_kv", "todo", "tome",
+)
+"""Token-reduction methods whose work :func:`count_flops` counts (``method=``)."""
+SCOPES: Tuple[str, ...] = ("attention", "block")
+"""What a prunable spatial block runs on its retained tokens: its self-attention only, or all of it."""
+BLOCK_SCOPE_METHODS: Tuple[str, ...] = (
+    "coredit", "random", "no_reconstruction", "coredit_copy", "coredit_sharp", "coredit_merge",
+)
+"""Methods with a retained set and a restoration rule, hence a block scope."""
+_KV_ONLY_METHODS = ("coredit_kv", "todo")
+_NO_CROSS_VIEW_METHODS = ("todo", "tome")
+DEFAULT_GRIDS: Tuple[Tuple[Tuple[int, int], Tuple[int, int]], ...] = (((8, 8), (4, 4)), ((6, 6), (3, 3)))
+"""``(grid, subgrid)`` per block, block ``l`` uses entry ``l % len``: ``PruneConfig.grids``' default."""
+SOFTMAX_FLOPS_PER_ELEMENT = 5
+"""Softmax per logit: subtract max, exp, sum, divide, scale by the temperature (about 5 FLOPs)."""
 
 _CROSS_VIEW_MODES = ("pairwise", "concat")
 CROSS_VIEW_PRUNING = ("off", "kv", "qkv")
@@ -339,6 +438,226 @@ def pruned_self_attention_flops(n: int, kept: int, C: int) -> int:
     return self_attention_flops(kept, C) + pruning_overhead_flops(n, C)
 
 
+# ------------------------------------------------------- per-method overhead terms (per frame)
+def scoring_flops(n: int, C: int) -> int:
+    """Spatial coherence of ``n`` tokens (eq. 1-2): normalise ``3``, cell mean ``1``, dot ``2`` per token and
+    channel: ``6nC`` FLOPs."""
+    return SELECTION_FLOPS_PER_TOKEN_CHANNEL * n * C
+
+
+def reconstruction_flops(n: int, C: int) -> int:
+    """Eq. 3 on a frame of ``n`` tokens: weight, scatter-sum into sub-grids, divide, gather: ``4nC`` FLOPs."""
+    return RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL * n * C
+
+
+def cosine_normalise_flops(n: int, C: int) -> int:
+    """Unit-normalising ``n`` tokens for a cosine similarity (square, sum, divide): ``3nC`` FLOPs."""
+    return 3 * n * C
+
+
+def cell_similarity_flops(skipped: int, candidates: int, C: int) -> int:
+    """Cosine of each of ``skipped`` tokens with its at most ``candidates`` (``sh*sw``) cell neighbours:
+    ``2 K S C`` FLOPs."""
+    return 2 * skipped * candidates * C
+
+
+def argmax_flops(rows: int, candidates: int) -> int:
+    """Arg-max over ``candidates`` similarities for each of ``rows`` tokens: ``rows * candidates`` FLOPs."""
+    return rows * candidates
+
+
+def copy_flops(rows: int, C: int) -> int:
+    """Copying ``rows`` tokens of width ``C`` (a move, counted as one FLOP per element): ``rows * C``."""
+    return rows * C
+
+
+def softmax_flops(rows: int, candidates: int) -> int:
+    """Temperature softmax over ``candidates`` logits for each of ``rows`` tokens: ``5 * rows * candidates``."""
+    return SOFTMAX_FLOPS_PER_ELEMENT * rows * candidates
+
+
+def weighted_sum_flops(rows: int, candidates: int, C: int) -> int:
+    """Weighted sum of ``candidates`` vectors of width ``C`` for each of ``rows`` tokens: ``2 rows S C``."""
+    return 2 * rows * candidates * C
+
+
+def merge_flops(skipped: int, kept: int, C: int) -> int:
+    """Size-weighted average of ``skipped`` inputs into their ``kept`` targets: weight and add ``2KC``, divide
+    by the size ``RC``."""
+    return 2 * skipped * C + kept * C
+
+
+def proportional_attention_flops(heads: int, queries: int, keys: int) -> int:
+    """ToMe's proportional attention: ``log(size)`` added to every key logit, ``heads * queries * keys`` adds."""
+    return heads * queries * keys
+
+
+def gather_flops(kept: int, C: int) -> int:
+    """Gathering the ``kept`` retained rows of a block input (block scope): ``RC``."""
+    return kept * C
+
+
+def residual_flops(n: int, C: int) -> int:
+    """Block residual of a frame (block scope): subtract the input on the ``R`` retained tokens and add the
+    rebuilt residual on the ``K`` skipped ones: ``nC``."""
+    return n * C
+
+
+def todo_rank_flops(n: int, C: int) -> int:
+    """ToDo: ranking the 2x2 cells by coherence (a cell mean and a distance per token): ``4nC``."""
+    return 4 * n * C
+
+
+def todo_pool_flops(n: int, C: int) -> int:
+    """ToDo: average-pooling the chosen 2x2 cells of the keys/values input: ``nC`` at most."""
+    return n * C
+
+
+def tome_similarity_flops(sources: int, destinations: int, C: int) -> int:
+    """ToMe: cosine of every source with every destination: ``2 Ns Nd C``."""
+    return 2 * sources * destinations * C
+
+
+def tome_max_flops(sources: int, destinations: int) -> int:
+    """ToMe: best destination of every source: ``Ns Nd`` comparisons."""
+    return sources * destinations
+
+
+def tome_sort_flops(sources: int) -> int:
+    """ToMe: sorting the ``Ns`` best scores: ``Ns * ceil(log2 Ns)`` comparisons."""
+    return sources * max(sources - 1, 0).bit_length()
+
+
+def tome_merge_flops(merged: int, kept: int, C: int) -> int:
+    """ToMe: scatter-add the ``K`` merged sources into their destinations ``KC``, then divide ``RC``."""
+    return merged * C + kept * C
+
+
+def unmerge_flops(n: int, C: int) -> int:
+    """ToMe: every token copies the output of the token it became: ``nC``."""
+    return n * C
+
+
+def tome_destinations(hw: Tuple[int, int]) -> int:
+    """ToMe destinations of an ``H x W`` frame, the top-left token of every (clipped) 2x2 cell:
+    ``ceil(H/2) * ceil(W/2)``."""
+    H, W = hw
+    return _ceil_div(H, 2) * _ceil_div(W, 2)
+
+
+def todo_dropped_keys(hw: Tuple[int, int], skipped: int) -> int:
+    """Keys ToDo drops for a budget of ``skipped`` tokens: ``ceil(K/3)`` whole 2x2 cells pooled (each 4 -> 1),
+    at most the frame's ``floor(H/2) floor(W/2)`` cells, leaving at least one key."""
+    H, W = hw
+    cells = min(_ceil_div(skipped, 3), (H // 2) * (W // 2))
+    return min(3 * cells, H * W - 1)
+
+
+def method_skipped(method: str, hw: Tuple[int, int], skipped: int) -> int:
+    """Tokens (``tome``: merged sources; ``coredit_kv``/``todo``: dropped keys) a ``method`` removes per frame
+    for a CoReDiT budget of ``skipped``."""
+    _check_method(method)
+    if method == "tome":
+        H, W = hw
+        return min(skipped, H * W - tome_destinations(hw))
+    if method == "todo":
+        return todo_dropped_keys(hw, skipped) if skipped else 0
+    return skipped
+
+
+def kv_only_attention_flops(n: int, keys: int, C: int) -> int:
+    """Attention of all ``n`` queries to ``keys`` keys/values: q and out ``4nC^2``, k and v ``4 keys C^2``,
+    ``QK^T`` and ``AV`` ``4 n keys C`` FLOPs."""
+    return 4 * n * C * C + 4 * keys * C * C + 4 * n * keys * C
+
+
+def method_attention_flops(method: str, n: int, kept: int, C: int) -> int:
+    """Self-attention of one frame under ``method`` with ``kept`` tokens (keys for ``coredit_kv``/``todo``),
+    without the method's overhead; dense when ``kept >= n``."""
+    _check_method(method)
+    if kept >= n:
+        return self_attention_flops(n, C)
+    if method in _KV_ONLY_METHODS:
+        return kv_only_attention_flops(n, kept, C)
+    return self_attention_flops(kept, C)
+
+
+def restoration_terms(method: str, n: int, skipped: int, C: int, candidates: int, heads: int,
+                      merged_keys: int = 0) -> Dict[str, int]:
+    """The CoReDiT family's rule for the ``skipped`` tokens of a frame (attention outputs in the attention
+    scope, block residuals in the block scope), by named term, FLOPs.
+
+    ``candidates`` is ``sh*sw``; ``merged_keys`` the keys every query of the merge's attentions sees in all
+    (``R`` in the attention scope; ``R`` plus the neighbours' in the block scope): ``log(size)`` is added to
+    each of those logits.
+    """
+    kept = n - skipped
+    if method in ("coredit", "random"):
+        return {"reconstruction": reconstruction_flops(n, C)}
+    if method == "no_reconstruction":
+        return {}
+    terms = {"cosine_normalise": cosine_normalise_flops(n, C),
+             "cell_similarity": cell_similarity_flops(skipped, candidates, C)}
+    if method == "coredit_copy":
+        terms.update(argmax=argmax_flops(skipped, candidates), copy=copy_flops(skipped, C))
+    elif method == "coredit_sharp":
+        terms.update(softmax=softmax_flops(skipped, candidates),
+                     weighted_sum=weighted_sum_flops(skipped, candidates, C))
+    elif method == "coredit_merge":
+        terms.update(argmax=argmax_flops(skipped, candidates), merge=merge_flops(skipped, kept, C),
+                     proportional_attention=proportional_attention_flops(heads, kept, merged_keys or kept),
+                     copy=copy_flops(skipped, C))
+    else:
+        raise ValueError(f"method {method!r} has no restoration rule; use one of {BLOCK_SCOPE_METHODS}")
+    return terms
+
+
+def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int,
+                          subgrid: Tuple[int, int] = (4, 4), heads: int = 16, scope: str = "attention",
+                          merged_keys: int = 0) -> Dict[str, int]:
+    """A method's own work on one frame of ``hw`` tokens with ``skipped`` removed (after
+    :func:`method_skipped`), by named term, FLOPs; empty when nothing is skipped. ``scope="block"`` adds the
+    gather of the block input and the residual (and needs a :data:`BLOCK_SCOPE_METHODS` method)."""
+    _check_method(method)
+    _check_scope(scope, method)
+    H, W = hw
+    n = H * W
+    if not skipped:
+        return {}
+    kept = n - skipped
+    S = subgrid[0] * subgrid[1]
+    if method == "tome":
+        nd = tome_destinations(hw)
+        ns = n - nd
+        return {"cosine_normalise": cosine_normalise_flops(n, C), "tome_similarity": tome_similarity_flops(ns, nd, C),
+                "tome_max": tome_max_flops(ns, nd), "tome_sort": tome_sort_flops(ns),
+                "tome_merge": tome_merge_flops(skipped, kept, C), "unmerge": unmerge_flops(n, C)}
+    if method == "todo":
+        return {"todo_rank": todo_rank_flops(n, C), "todo_pool": todo_pool_flops(n, C)}
+    terms = {"scoring": scoring_flops(n, C)}
+    if method == "coredit_kv":
+        return terms
+    if scope == "block":
+        terms["gather"] = gather_flops(kept, C)
+        if method != "no_reconstruction":
+            terms["residual"] = residual_flops(n, C)
+    terms.update(restoration_terms(method, n, skipped, C, S, heads, merged_keys))
+    return terms
+
+
+def _check_method(method: Any) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def _check_scope(scope: Any, method: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if scope == "block" and method not in BLOCK_SCOPE_METHODS:
+        raise ValueError(f"method {method!r} has no block scope (no retained set to run the block on); "
+                         f"use scope='attention' (--scope attention) or one of {', '.join(BLOCK_SCOPE_METHODS)}")
+
+
 def cross_view_attention_flops(n: int, C: int, neighbours: int = 2, mode: str = "pairwise") -> int:
     """Cross-view attention of one view's ``n`` queries to ``neighbours`` views' ``n`` tokens each.
 
@@ -448,6 +767,9 @@ def count_flops(
     stride: Optional[int] = 3,
     cross_view: str = "off",
     cross_view_select: str = "self",
+    method: str = "coredit",
+    scope: str = "attention",
+    grids: Optional[Sequence[Any]] = None,
 ) -> Dict[str, Any]:
     """FLOPs of one forward pass of one sample (all views, all latent frames), dense and pruned.
 
@@ -471,13 +793,24 @@ def count_flops(
         cross_view: prune the cross-view attention of each block with its ratio too: ``"off"``, ``"kv"`` or
             ``"qkv"`` (see :func:`pruned_cross_view_attention_flops`).
         cross_view_select: ``"self"`` (reuse the self-attention's retained set) or ``"fresh"`` (score anew).
+        method: the token-reduction method whose work is counted (:data:`METHODS`; see the module docstring).
+            ``todo`` and ``tome`` have no retained set for cross-view pruning: with ``cross_view`` other than
+            ``"off"`` (attention scope) they raise.
+        scope: ``"attention"`` (prune the self-attention, and cross-view with ``cross_view``) or ``"block"``
+            (the whole prunable spatial block runs on the retained tokens; :data:`BLOCK_SCOPE_METHODS` only;
+            cross-view is then always on the retained tokens and ``cross_view_select`` must be ``"self"``).
+        grids: ``(grid, subgrid)`` per block as ``PruneConfig.grids`` (block ``l`` uses ``grids[l % len]``);
+            only the sub-grid size matters (the candidates of ``coredit_copy``/``sharp``/``merge``). Default
+            :data:`DEFAULT_GRIDS`.
 
     Returns:
-        A JSON-serialisable dict: ``units``; ``inputs``; ``kinds`` ``{kind: {dense, pruned, saved,
-        reduction}}`` over ``KINDS``; ``dense_total``, ``pruned_total``, ``saved_total``,
-        ``pruning_overhead`` (FLOPs); ``self_attention_reduction``, ``cross_view_reduction`` and
-        ``total_reduction`` (fractions saved, ``(dense - pruned) / dense``, positive = saved); ``blocks``,
-        one entry per prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
+        A JSON-serialisable dict: ``units``; ``inputs``; ``method``; ``scope``; ``kinds`` ``{kind: {dense,
+        pruned, saved, reduction}}`` over ``KINDS``; ``dense_total``, ``pruned_total``, ``saved_total``,
+        ``overhead_flops`` (the method's own work over the whole forward, included in ``pruned_total``),
+        ``pruning_overhead`` (the same number, older name), ``overhead_terms`` (it by named term) (FLOPs);
+        ``self_attention_reduction``, ``cross_view_reduction`` and ``total_reduction`` (fractions saved,
+        ``(dense - pruned) / dense``, positive = saved, net of the overhead); ``blocks``, one entry per
+        prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
     """
     spec = get_spec(spec)
     if views is None:
@@ -510,6 +843,15 @@ def count_flops(
         raise ValueError(f"cross_view must be one of {CROSS_VIEW_PRUNING}, got {cross_view!r}")
     if cross_view_select not in ("self", "fresh"):
         raise ValueError(f"cross_view_select must be 'self' or 'fresh', got {cross_view_select!r}")
+    _check_method(method)
+    _check_scope(scope, method)
+    if scope == "attention" and cross_view != "off" and method in _NO_CROSS_VIEW_METHODS:
+        raise ValueError(f"cross_view={cross_view!r} is not supported with method={method!r} (it keeps no "
+                         "retained set to prune cross-view with); use cross_view='off' (--cross-view off)")
+    if scope == "block" and cross_view_select != "self":
+        raise ValueError("cross_view_select='fresh' has no meaning with scope='block' (one selection per block, "
+                         "from its input); use cross_view_select='self' (--cross-view-select self)")
+    subgrids = [sub for _, sub in parse_grids(DEFAULT_GRIDS if grids is None else grids)]
 
     C, L, n = spec.hidden, spec.cond_tokens, H * W
     fv = T * views  # frame-view items: every per-frame-per-view term is multiplied by this
@@ -551,36 +893,58 @@ def count_flops(
     sa_pruned = 0
     cv_pruned = 0
     overhead = 0
+    overhead_terms: Dict[str, int] = {}
     names = spec.block_names()
     blocks = []
     for ordinal, r in enumerate(plan):
-        budgets = skip_budgets((H, W), r, bands, stride, ordinal)
-        k_skip = sum(budgets)
+        budget = sum(skip_budgets((H, W), r, bands, stride, ordinal))
+        k_skip = method_skipped(method, (H, W), budget)
         kept = n - k_skip
-        p = pruned_self_attention_flops(n, kept, C)
+        has_cv = (ordinal < spec.depth or spec.control_cross_view) and neighbours > 0
+        cv_dense = cv if has_cv else 0
+        merged_keys = kept * (1 + (neighbours if has_cv else 0)) if scope == "block" else kept
+        terms = method_overhead_terms(method, (H, W), k_skip, C, subgrids[ordinal % len(subgrids)],
+                                      spec.num_heads, scope, merged_keys)
+        p_attn = method_attention_flops(method, n, kept, C)
+        if scope == "block" and k_skip:
+            pcv = cross_view_attention_flops(kept, C, neighbours, spec.cross_view_mode) if cv_dense else 0
+            pca = cross_attention_flops(kept, L, C)
+            pmlp = mlp_flops(kept, C, spec.mlp_ratio)
+        else:
+            pcv = pruned_cross_view_attention_flops(n, kept, C, neighbours, spec.cross_view_mode, cross_view,
+                                                    cross_view_select == "fresh") if cv_dense else 0
+            pca, pmlp = ca, mlp
+            if has_cv and k_skip and cross_view != "off":
+                calls = neighbours if spec.cross_view_mode == "pairwise" else 1
+                if cross_view_select == "fresh":
+                    terms["cross_view_scoring"] = scoring_flops(n, C)
+                if cross_view == "qkv":
+                    terms["cross_view_reconstruction"] = calls * reconstruction_flops(n, C)
+        p_sa = p_attn + sum(v for k, v in terms.items() if not k.startswith("cross_view_"))
+        block_overhead = sum(terms.values()) * fv
+        overhead += block_overhead
+        for key, v in terms.items():
+            overhead_terms[key] = overhead_terms.get(key, 0) + v * fv
         sa_dense += sa * fv
-        sa_pruned += p * fv
-        if k_skip:
-            overhead += pruning_overhead_flops(n, C) * fv
-        has_cv = ordinal < spec.depth or spec.control_cross_view
-        pcv = pruned_cross_view_attention_flops(n, kept, C, neighbours, spec.cross_view_mode, cross_view,
-                                                cross_view_select == "fresh") if has_cv else 0
+        sa_pruned += p_sa * fv
         cv_pruned += pcv * fv
-        if has_cv and k_skip and cross_view != "off" and neighbours:
-            calls = neighbours if spec.cross_view_mode == "pairwise" else 1
-            overhead += (SELECTION_FLOPS_PER_TOKEN_CHANNEL * (cross_view_select == "fresh")
-                         + RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL * calls * (cross_view == "qkv")) * n * C * fv
+        pruned["cross_attention"] -= (ca - pca) * fv
+        pruned["mlp"] -= (mlp - pmlp) * fv
         blocks.append({
             "block": ordinal,
             "name": names[ordinal],
             "ratio": r,
+            "budget_per_frame": budget,
             "skipped_per_frame": k_skip,
             "kept_per_frame": kept,
             "dense": sa * fv,
-            "pruned": p * fv,
-            "reduction": (sa - p) / sa,
-            "cross_view_dense": cv * fv if has_cv else 0,
+            "pruned": p_sa * fv,
+            "reduction": (sa - p_sa) / sa,
+            "overhead": block_overhead,
+            "cross_view_dense": cv_dense * fv,
             "cross_view_pruned": pcv * fv,
+            "block_dense": (sa + cv_dense + ca + mlp) * fv,
+            "block_pruned": (p_sa + pcv + pca + pmlp) * fv,
         })
     dense["spatial_self_attention"] = sa_dense
     pruned["spatial_self_attention"] = sa_pruned
@@ -613,12 +977,19 @@ def count_flops(
             "mean_ratio": sum(plan) / len(plan) if plan else 0.0,
             "cross_view": cross_view,
             "cross_view_select": cross_view_select,
+            "method": method,
+            "scope": scope,
+            "grids": grids_json(parse_grids(DEFAULT_GRIDS if grids is None else grids)),
         },
+        "method": method,
+        "scope": scope,
         "kinds": kinds,
         "dense_total": dense_total,
         "pruned_total": pruned_total,
         "saved_total": dense_total - pruned_total,
+        "overhead_flops": overhead,
         "pruning_overhead": overhead,
+        "overhead_terms": overhead_terms,
         "self_attention_dense": sa_dense,
         "self_attention_pruned": sa_pruned,
         "self_attention_reduction": (sa_dense - sa_pruned) / sa_dense if sa_dense else 0.0,
@@ -638,6 +1009,8 @@ def flops_saved_fraction(
     which: str = "total",
     stride: Optional[int] = 3,
     cross_view: str = "off",
+    method: str = "coredit",
+    scope: str = "attention",
 ) -> float:
     """Fraction of FLOPs saved by ``ratios`` for a batch item shaped like the training input.
 
@@ -650,7 +1023,7 @@ def flops_saved_fraction(
         raise ValueError(f"which must be 'total' or 'self_attention', got {which!r}")
     res = count_flops(
         spec, None, views=views, ratios=ratios, bands=bands, hw_tokens=hw_tokens,
-        latent_frames=latent_frames, stride=stride, cross_view=cross_view,
+        latent_frames=latent_frames, stride=stride, cross_view=cross_view, method=method, scope=scope,
     )
     return float(res["total_reduction" if which == "total" else "self_attention_reduction"])
 

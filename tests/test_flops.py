@@ -52,7 +52,8 @@ def test_ratio_zero_is_dense():
         assert res["self_attention_reduction"] == 0.0
         assert res["total_reduction"] == 0.0
         assert res["pruned_total"] == res["dense_total"]
-        assert res["pruning_overhead"] == 0
+        assert res["pruning_overhead"] == 0 == res["overhead_flops"]
+        assert res["overhead_terms"] == {}
 
 
 def test_monotonic_in_ratio():
@@ -233,13 +234,16 @@ def test_cli_json():
     out = _cli("--preset", XL, "--resolution", "848x1600", "--ratio", "0.26", "--json")
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
-    keys = ("self_attention_reduction", "total_reduction", "kinds", "inputs", "dense_total", "pruned_total")
+    keys = ("self_attention_reduction", "total_reduction", "kinds", "inputs", "dense_total", "pruned_total",
+            "overhead_flops", "method", "scope")
     for key in keys:
         assert key in res
     assert abs(res["self_attention_reduction"] - 0.39) < 0.01
     assert 0.06 <= res["total_reduction"] <= 0.10
     assert set(res["kinds"]["mlp"]) >= {"dense", "pruned", "reduction"}
     assert res["inputs"]["preset"] == XL and res["inputs"]["ratios"] == [0.26] * 41
+    assert res["method"] == "coredit" and res["scope"] == "attention"
+    assert res["overhead_flops"] == 41 * 10 * 5300 * 1152 * 30  # scoring 6nC + eq. 3 4nC, 41 blocks, 30 view-frames
 
 
 def test_cli_plan_and_table(tmp_path):

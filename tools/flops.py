@@ -7,9 +7,12 @@ Examples (from the repo root, no installation needed)::
     python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26 --json
     python tools/flops.py --preset magicdrive-v2-xl --resolution 848x1600 --ratio 0.26 --cross-view qkv
     python tools/flops.py --plan work_dirs/run/plan.json --frames 33 --bands 8 --pad-h-to-bands
+    python tools/flops.py --resolution 848x1600 --ratio 0.5 --method tome --json
+    python tools/flops.py --resolution 848x1600 --ratio 0.4 --cross-view qkv --scope block
 
 FLOPs are per forward pass of one sample (all views, all latent frames), multiply-add = 2.
-Reductions are fractions saved, ``(dense - pruned) / dense``: positive means fewer FLOPs.
+Reductions are fractions saved, ``(dense - pruned) / dense``: positive means fewer FLOPs. The pruned counts
+include the method's own work (``overhead_flops``: scoring, similarity, merging, reconstruction...).
 """
 from __future__ import annotations
 
@@ -49,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also prune cross-view attention: kv (neighbour keys/values) or qkv (queries too)")
     p.add_argument("--cross-view-select", default="self", choices=("self", "fresh"),
                    help="cross-view retained set: the self-attention's (self) or a fresh score (fresh)")
+    p.add_argument("--method", default="coredit", choices=F.METHODS,
+                   help="token-reduction method whose work is counted (default %(default)s)")
+    p.add_argument("--scope", default="attention", choices=F.SCOPES,
+                   help="attention: prune the spatial self-attention (and cross-view with --cross-view); "
+                        "block: run the whole prunable spatial block on the retained tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
     return p
@@ -68,6 +76,7 @@ def print_table(res: dict, show_blocks: bool = False) -> None:
         f"frames {inp['frames'] if inp['frames'] is not None else '-'} -> T={inp['latent_frames']}, "
         f"views {inp['views']}, bands {inp['bands']}, mean ratio {inp['mean_ratio']:.4f}"
     )
+    print(f"method {res['method']}, scope {res['scope']}, cross-view {inp['cross_view']}")
     print()
     head = f"{'kind':<26}{'dense':>14}{'pruned':>14}{'reduction':>11}{'share':>9}"
     print(head)
@@ -78,11 +87,15 @@ def print_table(res: dict, show_blocks: bool = False) -> None:
     print("-" * len(head))
     total_red = res["total_reduction"]
     print(f"{'total':<26}{_fmt(res['dense_total']):>14}{_fmt(res['pruned_total']):>14}{total_red:>10.2%}")
+    over = res["overhead_flops"]
+    print(f"{'  of which overhead':<26}{'-':>14}{_fmt(over):>14}{'':>10}{over / res['dense_total']:>9.2%}")
     print()
     print(f"self-attention FLOPs (spatial blocks): -{res['self_attention_reduction']:.2%}")
-    print(f"cross-view FLOPs ({inp['cross_view']:>3}):               -{res['cross_view_reduction']:.2%}")
+    cv_mode = "blk" if res["scope"] == "block" else inp["cross_view"]  # block scope: always on the retained tokens
+    print(f"cross-view FLOPs ({cv_mode:>3}):               -{res['cross_view_reduction']:.2%}")
     print(f"total FLOPs:                           -{res['total_reduction']:.2%}")
-    print(f"pruning overhead (selection + reconstruction): {_fmt(res['pruning_overhead'])}")
+    terms = ", ".join(f"{k} {_fmt(v)}" for k, v in res["overhead_terms"].items()) or "none"
+    print(f"{res['method']} overhead (in the pruned counts): {_fmt(res['overhead_flops'])} ({terms})")
     if show_blocks:
         print()
         print(f"{'block':<22}{'ratio':>7}{'skipped':>9}{'kept':>7}{'reduction':>11}")
@@ -116,13 +129,14 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     try:
-        ratios, bands, stride = args.ratio, args.bands, args.stride
+        ratios, bands, stride, grids = args.ratio, args.bands, args.stride, None
         if args.plan:
             ratios = read_plan(args.plan)
             bad = ratios.conflicts({"bands": bands, "stride": stride})
             if bad:
                 raise ValueError(f"{ratios.source} disagrees with the command line ({'; '.join(bad)}); "
                                  "drop --bands / --stride to count with the plan's")
+            grids = ratios.layout.get("grids")
             bands = ratios.layout.get("bands", 1) if bands is None else bands
             stride = ratios.layout.get("stride", 3) if stride is None else stride
         bands = 1 if bands is None else bands
@@ -140,6 +154,9 @@ def main(argv=None) -> int:
             stride=stride if stride else None,
             cross_view=args.cross_view,
             cross_view_select=args.cross_view_select,
+            method=args.method,
+            scope=args.scope,
+            grids=grids,
         )
     except (ValueError, OSError) as e:
         parser.error(str(e))
