@@ -35,8 +35,10 @@ class PruneConfig:
         per-block ratio and late-step decay as the block's self-attention.
     cross_view_select: the retained set cross-view uses: ``"self"`` (the one the block's self-attention
         chose; no second scoring) or ``"fresh"`` (a new score of the cross-view input).
-    method: ``coredit`` (the method), or a baseline of the quality study at the same budget:
-        ``random`` selection, ``no_reconstruction``, ``tome`` (token merging); see ``attention.baselines``.
+    method: the token-reduction method (:mod:`coredit_video.methods`): ``coredit`` (the paper's rules), a rule
+        beyond the paper (``coredit_copy``, ``coredit_sharp``, ``coredit_merge``, ``coredit_kv``), or a baseline of
+        the quality study at the same budget (``random``, ``no_reconstruction``, ``tome``, ``todo``).
+    temperature: softmax temperature of ``coredit_sharp``'s weights (cosine similarity / temperature).
     """
 
     adapter: str = "auto"
@@ -53,6 +55,7 @@ class PruneConfig:
     cross_view: str = "off"
     cross_view_select: str = "self"
     method: str = "coredit"
+    temperature: float = 0.05
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
@@ -92,11 +95,19 @@ class PruneConfig:
         out.validate()
         return out
 
-    def validate(self) -> None:
-        from .attention.baselines import METHODS
+    def method_options(self) -> dict:
+        """The options of ``method`` this config sets (keyword arguments of its class)."""
+        from .methods import REGISTRY
 
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        return {k: getattr(self, k) for k in REGISTRY[self.method].options}
+
+    def validate(self) -> None:
+        from .methods import REGISTRY, method_names
+
+        if self.method not in REGISTRY:
+            raise ValueError(f"method must be one of {method_names()}, got {self.method!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")
         if not 0.0 <= self.late_factor <= 1.0:
             raise ValueError(f"late_factor (c) must be in [0, 1], got {self.late_factor}")
@@ -108,9 +119,9 @@ class PruneConfig:
             raise ValueError(f"cross_view must be one of {CROSS_VIEW_MODES}, got {self.cross_view!r}")
         if self.cross_view_select not in CROSS_VIEW_SELECT:
             raise ValueError(f"cross_view_select must be one of {CROSS_VIEW_SELECT}, got {self.cross_view_select!r}")
-        if self.cross_view != "off" and self.method != "coredit":
+        if self.cross_view != "off" and not REGISTRY[self.method].supports_cross_view:
             raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set "
-                             f"method='coredit' or cross_view='off' (the {self.method!r} baseline prunes "
+                             f"method='coredit' or cross_view='off' (method {self.method!r} prunes "
                              "self-attention only)")
         if self.bands is not None and (not isinstance(self.bands, int) or self.bands < 1):
             raise ValueError(f"bands must be None or an int >= 1, got {self.bands!r}")

@@ -2,8 +2,8 @@
 
 Each prunable attention module (and, with ``cross_view`` on, the cross-view attention of its block)
 gets an instance-level ``forward`` override and a plain-Python ``_coredit`` attribute (the same
-:class:`_BlockPatch` / :class:`_CrossViewPatch`); nothing is registered as a parameter or buffer, so
-the host's state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
+:class:`~.execution.SelfAttentionPatch` / :class:`~.execution.CrossViewPatch`); nothing is registered as a
+parameter or buffer, so the host's state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
 
 A patched model survives ``copy.deepcopy`` and ``torch.save`` / ``torch.load``: the patches and the
 hooks the model holds are small picklable objects that reach the controller, and a copied controller
@@ -12,39 +12,17 @@ therefore prunes with its own controller (``get_controller(ema)``), with its own
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 
 from . import adapters  # noqa: F401  (registers the built-in adapters)
 from .config import PruneConfig
-from .controller import PruningController, sp_size_of
+from .controller import PruningController
+from .execution import CrossViewPatch, SelfAttentionPatch, sp_size_of
 from .registry import find_adapter
 
 _CONTROLLER_ATTR = "_coredit_controller"
-
-
-@dataclass(eq=False)
-class _BlockPatch:
-    """The instance-level ``forward`` of one prunable attention: ``x [frames, tokens, C]`` -> same shape."""
-
-    controller: PruningController
-    ordinal: int
-    attn: nn.Module
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.controller.run_block(self.ordinal, self.attn, x)
-
-
-@dataclass(eq=False)
-class _CrossViewPatch(_BlockPatch):
-    """The instance-level ``forward`` of the cross-view attention of prunable block ``ordinal``:
-    ``x [rows, tokens, C]``, ``cond [rows, J*tokens, C]`` -> ``[rows, tokens, C]``."""
-
-    def __call__(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.controller.run_cross_view(self.ordinal, self.attn, x, cond)
 
 
 def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
@@ -72,14 +50,17 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
     for ordinal, (_, attn) in enumerate(blocks):
-        attn.__dict__["_coredit"] = attn.__dict__["forward"] = _BlockPatch(controller, ordinal, attn)
+        attn.__dict__["_coredit"] = attn.__dict__["forward"] = SelfAttentionPatch(controller, ordinal, attn)
     if cfg.cross_view != "off":
         for name, attn, ordinal in adapter.cross_view_blocks(model, controller.names):
-            attn.__dict__["_coredit"] = attn.__dict__["forward"] = _CrossViewPatch(controller, ordinal, attn)
+            attn.__dict__["_coredit"] = attn.__dict__["forward"] = CrossViewPatch(controller, ordinal, attn)
             controller.cross_view_names.append(name)
             controller.cross_view_modules.append(attn)
             controller.cross_view_ordinals.add(ordinal)
-    controller.bind_hooks()
+    if sp_size > 1 and not controller.method.supports_sp:
+        raise ValueError(f"prune.method={cfg.method!r} runs without sequence parallelism; set parallel.sp_size=1 "
+                         "or pick a method that supports it")
+    controller.hooks.bind(controller)
     model.__dict__[_CONTROLLER_ATTR] = controller
     return controller
 
@@ -92,8 +73,7 @@ def remove(model: nn.Module) -> bool:
     for attn in [*controller.modules, *controller.cross_view_modules]:
         attn.__dict__.pop("forward", None)
         attn.__dict__.pop("_coredit", None)
-    for handle in controller.handles:
-        handle.remove()
+    controller.hooks.remove()
     return True
 
 

@@ -2,13 +2,15 @@
 import pytest
 import torch
 
-from coredit_video.attention import BlockLayout, pruned_self_attention
-from coredit_video.attention.baselines import bipartite_merge, random_scores, scatter_rows
+from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.methods import scatter_rows
+from coredit_video.methods.random_selection import random_scores
+from coredit_video.methods.tome import bipartite_merge
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets, select_tokens, spatial_coherence
 
 HW = (8, 12)
-LAYOUT = BlockLayout(1, (4, 4), (2, 2), 2)
+LAYOUT = BlockGeometry(1, (4, 4), (2, 2), 2)
 
 
 def _x(seed=0, frames=3, c=32):
@@ -42,8 +44,8 @@ def test_no_reconstruction_zeroes_exactly_the_skipped_rows():
     torch.manual_seed(0)
     attn = Attention(32, 4)
     x = _x()
-    y_ref = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2)
-    y = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2, method="no_reconstruction")
+    y_ref = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2).out
+    y = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2, method="no_reconstruction").out
     sc = spatial_coherence(x, HW, LAYOUT.grid, 2)
     keep, skip = select_tokens(sc, HW, 0.4, LAYOUT.stride, LAYOUT.ordinal, 2)
     for f in range(x.shape[0]):
@@ -113,11 +115,11 @@ def test_token_merging_in_attention_attends_over_the_budget():
     x = _x()
     seen = []
 
-    def attend(a, t):
-        seen.append(t.shape[1])
-        return t
+    def attend(a, red):
+        seen.append(red.q.shape[1])
+        return red.q
 
-    y = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2, attend=attend, method="tome")
+    y = pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2, attend=attend, method="tome").out
     K = sum(band_budgets(HW, 0.4, LAYOUT.stride, LAYOUT.ordinal, 2))
     assert seen == [HW[0] * HW[1] - K] and y.shape == x.shape
 

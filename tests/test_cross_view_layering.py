@@ -1,6 +1,6 @@
-"""Import layering the cross-view work relies on: ``ops`` is pure torch (kernel dispatch lives in the attention
-layer), ``registry`` imports no adapter. Checked on the source's import statements (importing any submodule
-runs the package ``__init__``, which imports everything)."""
+"""Import layering the cross-view work relies on: ``ops`` is pure torch (kernel dispatch lives in ``kernels``,
+which the methods call), ``registry`` imports no adapter. Checked on the source's import statements (importing any
+submodule runs the package ``__init__``, which imports everything)."""
 import ast
 import os
 
@@ -42,9 +42,13 @@ def test_ops_do_not_import_kernels_or_attention():
 
 
 def test_kernels_and_dispatch_direction():
-    assert not {n for n in package_imports("kernels") if n.startswith("coredit_video.attention")}
-    assert "coredit_video.kernels" in imported_modules(os.path.join(PKG, "attention", "dispatch.py"),
-                                                       "coredit_video.attention.dispatch")
+    """The kernels package is the dispatch (one hop to a Triton kernel or the torch op); methods call it."""
+    assert not {n for n in package_imports("kernels") if n.startswith(("coredit_video.attention",
+                                                                         "coredit_video.methods"))}
+    assert "coredit_video.ops" in imported_modules(os.path.join(PKG, "kernels", "__init__.py"),
+                                                   "coredit_video.kernels.__init__")
+    assert "coredit_video.kernels" in imported_modules(os.path.join(PKG, "methods", "coredit.py"),
+                                                       "coredit_video.methods.coredit")
 
 
 def test_registry_imports_no_adapter():

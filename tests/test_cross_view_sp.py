@@ -51,7 +51,7 @@ def test_cross_view_all_to_all_carries_only_retained_tokens(sp_run, reference):
     ctrl = get_controller(reference["kv"]["model"])
     hw = ctrl.hw
     N = hw[0] * hw[1]
-    base = [lay for lay, name in zip(ctrl.layouts, ctrl.names) if name.startswith("base_blocks_s")]
+    base = [lay for lay, name in zip(ctrl.geometries, ctrl.names) if name.startswith("base_blocks_s")]
     kept = [N - sum(band_budgets(hw, RATIO, lay.stride, lay.ordinal, BANDS)) for lay in base]
     dense_f, dense_b = got["dense"]["cross_view_fwd"], got["dense"]["cross_view_bwd"]
     assert dense_f > 0 and dense_b > 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import coredit_video as cv
-from coredit_video.attention import BlockLayout, dense_self_attention, pruned_self_attention
+from coredit_video.attention import BlockGeometry, dense_self_attention, pruned_self_attention
 from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.ops import reconstruct, select_tokens, spatial_coherence
 
@@ -125,16 +125,16 @@ def test_pruned_attention_matches_manual_composition():
     torch.manual_seed(0)
     attn = MultiViewSTDiT(host_config("tiny")).base_blocks_s[0].attn
     x = torch.randn(3, 6 * 7, 64)
-    layout = BlockLayout(1, (4, 4), (2, 2), 2)
-    y = pruned_self_attention(attn, x, (6, 7), 0.4, layout, bands=2)
+    layout = BlockGeometry(1, (4, 4), (2, 2), 2)
+    y = pruned_self_attention(attn, x, (6, 7), 0.4, layout, bands=2).out
     sc = spatial_coherence(x, (6, 7), (4, 4), 2)
     keep, skip = select_tokens(sc, (6, 7), 0.4, 2, 1, 2)
     y_keep = attn(x.gather(1, keep[..., None].expand(-1, -1, 64)))  # host's own forward on retained tokens
     ref = reconstruct(y_keep, keep, skip, sc, (6, 7), (4, 4), (2, 2), 2)
     torch.testing.assert_close(y, ref)
     # ratio 0: the host's dense output, and an independent softmax(QK^T/sqrt d)V on the same weights
-    torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout), attn(x))
-    torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout), naive_self_attention(attn, x),
+    torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout).out, attn(x))
+    torch.testing.assert_close(pruned_self_attention(attn, x, (6, 7), 0.0, layout).out, naive_self_attention(attn, x),
                                rtol=1e-5, atol=1e-5)
     y_keep_naive = naive_self_attention(attn, x.gather(1, keep[..., None].expand(-1, -1, 64)))
     torch.testing.assert_close(y, reconstruct(y_keep_naive, keep, skip, sc, (6, 7), (4, 4), (2, 2), 2),

@@ -4,15 +4,15 @@ import os
 
 import torch
 
-from coredit_video.attention import BlockLayout, pruned_self_attention
-from coredit_video.attention.dense import dense_self_attention
+from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention.backends import dense_self_attention
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets
 from coredit_video.ops.partition import partition
 from tests.dist.common import REPO
 
 HW = (8, 12)
-LAYOUT = BlockLayout(1, (4, 4), (2, 2), 2)
+LAYOUT = BlockGeometry(1, (4, 4), (2, 2), 2)
 spec = importlib.util.spec_from_file_location("probe", os.path.join(REPO, "tools", "probe_token_reduction.py"))
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
@@ -47,7 +47,7 @@ def test_mechanisms_against_loop_references():
     local_differs = False
     with torch.no_grad():
         y_co, red_co = out["coredit"]
-        assert torch.equal(y_co, pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2))
+        assert torch.equal(y_co, pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2).out)
         y_nn, red_nn = out["coredit_nearest"]
         assert torch.equal(red_nn, red_co) and int(red_co[0].sum()) == K
         dst = [(t // HW[1]) % 2 == 0 and (t % HW[1]) % 2 == 0 for t in range(N)]

@@ -38,7 +38,9 @@ def test_all_to_all_carries_only_retained_tokens(sp_run, reference):
     ctrl = get_controller(reference["ratio0.3"]["model"])
     hw = ctrl.hw
     N = hw[0] * hw[1]
-    kept = [N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.layouts)]
+    kept = [
+        N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.geometries)
+    ]
     expected = sum(kept) / (N * len(kept))
     dense = got["ratio0"]["self_attn_fwd"]
     assert dense > 0 and got["dense"]["self_attn_fwd"] == dense

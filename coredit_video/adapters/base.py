@@ -14,7 +14,7 @@ class HostAdapter:
       plan order; each module has MagicDrive-V2's ``qkv``/``q_norm``/``k_norm``/``proj`` layout and
       receives ``[frames, tokens, C]``.
     - ``attach(model, controller)``: hooks that open each forward's context
-      (``controller.begin_forward``), bind every prunable block to it (``controller.enter_block``),
+      (``controller.begin_forward``), bind every prunable block to it (``controller.forwards.enter_block``),
       and, with cross-view pruning on, describe the views (``ForwardContext.views``); returns removable
       handles.
     - ``sp_group(model)``: the host's sequence-parallel process group, or ``None``.

@@ -23,7 +23,7 @@ Every model forward opens a new pruning context (``controller.begin_forward``, w
 its first spatial block adopts it and tells the padded height, so the phase set before a forward
 (``set_step`` / ``set_phase``) is the one it prunes with, even when a no-grad sampling loop hands every
 forward's ``t_mlp`` the same storage. A gradient-checkpoint recompute is recognised by its ``t_mlp``:
-``controller.enter_block`` returns that forward's context (phase, frame, views), even after later
+``controller.forwards.enter_block`` returns that forward's context (phase, frame, views), even after later
 forwards of other phases or frame sizes.
 
 Checked against a real checkout by ``tests/test_magicdrive_adapter.py`` (``MAGICDRIVE_V2_ROOT``).
@@ -113,11 +113,11 @@ class MagicDriveV2Adapter(HostAdapter):
 
         def enter_block(module, args, kwargs):
             get = lambda i, k: args[i] if len(args) > i else kwargs[k]  # noqa: E731
-            ctx = controller.enter_block(get(2, "t"))
+            ctx = controller.forwards.enter_block(get(2, "t"))
             if ctx.width is None:
                 raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
                                    "learns the frame width from MagicDriveSTDiT3.forward")
-            controller.set_frame_height(ctx, _rows(int(get(7, "S")), ctx.width, controller))
+            controller.forwards.set_frame_height(ctx, _rows(int(get(7, "S")), ctx.width, controller))
             if controller.cross_view_modules and ctx.views is None and get(9, "mv_order_map") is not None:
                 x, T, NC = get(0, "x"), int(get(6, "T")), int(get(8, "NC"))
                 ctx.views = order_map_pairs(x.shape[0] // NC, NC, T, get(9, "mv_order_map"), x.device)

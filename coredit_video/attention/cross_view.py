@@ -13,7 +13,7 @@ Modes (prune config ``cross_view``):
 - ``"kv"``: keys and values from each neighbour frame's retained tokens only; every query attends.
 - ``"qkv"``: queries from the target's retained tokens too; the skipped outputs are rebuilt with the
   coherence-weighted reconstruction (after the output projection: it is affine and the
-  reconstruction a convex combination, so the order does not matter).
+  reconstruction a convex combination, so the order does not matter), or the method's own restoration rule.
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .backends import attention
-from .dense import attn_dropout, output_projection
-from .dispatch import reconstruct
-from .pruned import BlockLayout, Selection, gather_tokens
+from .backends import attention, attn_dropout, output_projection, split_qkv_heads
+from ..kernels import reconstruct
+from ..methods.base import BlockGeometry, Selection, gather_tokens
 
 # attend(q, k, v, q_pruned) -> o; all [rows, tokens, heads, head_dim]
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+# restore(y_keep [F', n-K, C], x [F', n, C], selection of the query rows) -> [F', n, C]
+Restore = Callable[[torch.Tensor, torch.Tensor, Selection], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -57,17 +57,7 @@ class ViewPairs:
         return cls(q, kv, first)
 
 
-def cross_view_heads(attn: nn.Module, x: torch.Tensor, cond: torch.Tensor):
-    """MagicDrive-V2's cross-view projections: ``q`` from ``qkv.weight[:C]`` on ``x [B, n, C]``, ``k, v`` from
-    the rest on ``cond [B, m, C]``; normalised ``q [B, n, h, d]``, ``k, v [B, m, h, d]``."""
-    C, h, d = x.shape[-1], attn.num_heads, attn.head_dim
-    w, b = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(x, w[:C], None if b is None else b[:C]).unflatten(-1, (h, d))
-    k, v = F.linear(cond, w[C:], None if b is None else b[C:]).unflatten(-1, (2, h, d)).unbind(-3)
-    return attn.q_norm(q), attn.k_norm(k), v
-
-
-def local_attend(attn: nn.Module, backend: str = "auto") -> Attend:
+def local_cross_view_attend(attn: nn.Module, backend: str = "auto") -> Attend:
     """Attention on this process's rows (no sequence parallelism)."""
     return lambda q, k, v, q_pruned: attention(q, k, v, attn.scale, backend, attn_dropout(attn))
 
@@ -88,15 +78,17 @@ def pruned_cross_view_attention(
     sel: Selection,
     mode: str,
     hw,
-    layout: BlockLayout,
+    geometry: BlockGeometry,
     bands: int = 1,
     attend: Optional[Attend] = None,
+    restore: Optional[Restore] = None,
 ) -> torch.Tensor:
     """Cross-view attention of ``x [F', n, C]`` to ``cond [F', J*n, C]`` on the tokens ``sel`` retained.
 
-    ``sel`` indexes the ``F`` self-attention frames (``[F, n-K]``); ``hw`` / ``layout`` / ``bands`` are the
+    ``sel`` indexes the ``F`` self-attention frames (``[F, n-K]``); ``hw`` / ``geometry`` / ``bands`` are the
     frame geometry of this process's ``n`` tokens (as for the self-attention). ``attend(q, k, v, q_pruned)``
     runs the softmax attention (default: local; sequence parallelism passes one over the all-to-all).
+    ``restore(y_keep, x, sel_q)`` rebuilds the skipped query rows in ``qkv`` mode (default: eq. 3).
     Returns ``[F', n, C]``.
     """
     if mode not in ("kv", "qkv"):
@@ -105,12 +97,15 @@ def pruned_cross_view_attention(
     if cond.shape[0] != x.shape[0] or cond.shape[1] != pairs.kv.shape[1] * n:
         raise ValueError(f"cross-view keys {tuple(cond.shape)} are not {pairs.kv.shape[1]} neighbour frames of "
                          f"{n} tokens for each of the {x.shape[0]} query rows")
-    attend = attend or local_attend(attn)
+    attend = attend or local_cross_view_attend(attn)
     cond_keep = gather_tokens(cond, neighbour_keep(sel, pairs, n))
     if mode == "kv":
-        q, k, v = cross_view_heads(attn, x, cond_keep)
+        q, k, v = split_qkv_heads(attn, x, cond_keep)
         return output_projection(attn, attend(q, k, v, False))
     q_keep = sel.keep[pairs.q]
-    q, k, v = cross_view_heads(attn, gather_tokens(x, q_keep), cond_keep)
+    q, k, v = split_qkv_heads(attn, gather_tokens(x, q_keep), cond_keep)
     y_keep = output_projection(attn, attend(q, k, v, True))
-    return reconstruct(y_keep, q_keep, sel.skip[pairs.q], sel.sc[pairs.q], hw, layout.grid, layout.subgrid, bands)
+    sel_q = Selection(q_keep, sel.skip[pairs.q], sel.sc[pairs.q])
+    if restore is not None:
+        return restore(y_keep, x, sel_q)
+    return reconstruct(y_keep, q_keep, sel_q.skip, sel_q.sc, hw, geometry.grid, geometry.subgrid, bands)

@@ -1,75 +1,34 @@
-"""CoReDiT pruned self-attention: score, select, attend on retained tokens only, reconstruct.
+"""The core of a reduced spatial self-attention: any registered method, one path, no branch on its name.
 
-Data flow for one frame batch ``x [F, N, C]`` (``F`` = batch x views x frames, ``N = H*W``):
+For ``x [F, N, C]`` (``F`` = batch x views x frames, ``N = H*W`` of this rank):
 
-1. ``sc = spatial_coherence(x)``                  ``[F, N]`` float32
-2. ``keep, skip = select_tokens(sc)``             ``[F, N-K]``, ``[F, K]``
-3. ``x_keep = x[keep]``                           ``[F, N-K, C]``
-4. ``y_keep = proj(MHSA(qkv(x_keep)))``           ``[F, N-K, C]`` (only retained tokens)
-5. ``y = reconstruct(y_keep, keep, skip, sc)``    ``[F, N, C]``
+1. ``sc = spatial_coherence(x)``            ``[F, N]`` float32, when the method or the statistics need it
+2. ``plan = method.select(x, geo, sc)``     e.g. CoReDiT's ``keep [F, N-K]`` / ``skip [F, K]``
+3. ``red = method.reduce(x, plan, geo)``    e.g. ``x[keep]`` ``[F, N-K, C]``
+4. ``y = attend(attn, red)``                ``proj(MHSA(qkv(.)))`` on the reduced tokens only
+5. ``out = method.restore(y, x, plan, red, geo)``  ``[F, N, C]``, e.g. eq. 3
+
+It returns what the caller needs (:class:`~coredit_video.methods.AttentionResult`) and calls nothing back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ..ops import band_budgets, select_tokens
-from .baselines import bipartite_merge, random_scores, scatter_rows
-from .dense import dense_self_attention
-from .dispatch import reconstruct, spatial_coherence
+from .. import kernels
+from ..methods import AttentionResult, BlockGeometry, CallGeometry, Reduced, TokenReducer, build_method
+from ..ops import band_budgets
+from .backends import dense_self_attention
+
+# attend(attn, reduced) -> [F, Nq, C]: the host's MHSA on the reduced tokens
+Attend = Callable[[nn.Module, Reduced], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class BlockLayout:
-    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
-
-    ordinal: int
-    grid: Tuple[int, int]
-    subgrid: Tuple[int, int]
-    stride: int
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The tokens one block retained: ``keep [F, N-K]``, ``skip [F, K]`` int64 and the scores ``sc [F, N]``
-    they were chosen by (float32; reconstruction weights). ``F`` and ``N`` are this rank's frames and tokens."""
-
-    keep: torch.Tensor
-    skip: torch.Tensor
-    sc: torch.Tensor
-
-
-def choose_tokens(x: torch.Tensor, hw: Tuple[int, int], ratio: float, layout: BlockLayout, bands: int = 1,
-                  on_scores: Optional[Callable[[torch.Tensor], None]] = None,
-                  budgets: Optional[Sequence[int]] = None, method: str = "coredit") -> Optional[Selection]:
-    """Score ``x [F, N, C]`` and pick the retained tokens; ``None`` when the budget is 0 (dense).
-
-    ``budgets``: per-band skip counts when the caller already has them (:func:`band_budgets`).
-    ``method="random"``: the random-selection baseline picks the tokens (scores still weight reconstruction)."""
-    K = sum(budgets if budgets is not None else band_budgets(hw, ratio, layout.stride, layout.ordinal, bands))
-    if K == 0 and on_scores is None:
-        return None
-    sc = spatial_coherence(x, hw, layout.grid, bands)
-    if on_scores is not None:
-        on_scores(sc.detach())
-    if K == 0:
-        return None
-    select_by = random_scores(x, layout.ordinal) if method == "random" else sc.detach()
-    keep, skip = select_tokens(select_by, hw, ratio, layout.stride, layout.ordinal, bands)
-    return Selection(keep, skip, sc)
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
-
-    One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
-    element-wise ``gather`` with an expanded index."""
-    Fr, N, C = x.shape
-    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
-    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
+def local_attend(backend: str = "auto") -> Attend:
+    """MHSA on this process's tokens (no sequence parallelism)."""
+    return lambda attn, red: dense_self_attention(attn, red.q, backend, red.kv, red.log_size)
 
 
 def pruned_self_attention(
@@ -77,41 +36,35 @@ def pruned_self_attention(
     x: torch.Tensor,
     hw: Tuple[int, int],
     ratio: float,
-    layout: BlockLayout,
+    geometry: BlockGeometry,
     bands: int = 1,
     backend: str = "auto",
-    attend: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
-    on_scores: Optional[Callable[[torch.Tensor], None]] = None,
-    on_select: Optional[Callable[[Optional[Selection]], None]] = None,
+    attend: Optional[Attend] = None,
     budgets: Optional[Sequence[int]] = None,
-    method: str = "coredit",
-) -> torch.Tensor:
-    """Self-attention of ``x [F, N, C]`` with the ``ratio`` most coherent tokens skipped.
+    method: Union[str, TokenReducer] = "coredit",
+    scores: bool = False,
+) -> AttentionResult:
+    """Self-attention of ``x [F, N, C]`` with a ``ratio`` of each band's tokens reduced by ``method``.
 
-    ``attend(attn, x_keep) -> y_keep`` computes MHSA on retained tokens (default: local dense
-    attention; sequence parallelism passes one that crosses the all-to-all). ``on_scores(sc)``
-    receives the detached ``[F, N]`` scores (for schedule statistics); ``on_select(selection)`` the
-    retained set (``None`` when dense), which the block's cross-view attention may reuse. Ratio 0 runs
-    the dense attention on all tokens with no scoring. ``method`` other than ``"coredit"`` swaps in a
-    baseline of the quality study at the same budget (:mod:`.baselines`).
+    ``attend(attn, reduced)`` computes the MHSA (default :func:`local_attend`; sequence parallelism passes one
+    over the all-to-all). ``budgets``: per-band skip counts when the caller has them (:func:`band_budgets`).
+    ``scores``: also return the detached coherence scores (schedule statistics), even when nothing is skipped.
+    A zero budget runs the dense attention on all tokens.
     """
     if x.dim() != 3:
         raise ValueError(f"self-attention input must be [F, N, C], got {tuple(x.shape)}")
-    attend = attend or (lambda a, t: dense_self_attention(a, t, backend))
-    if method == "tome":
-        K = sum(budgets if budgets is not None else band_budgets(hw, ratio, layout.stride, layout.ordinal, bands))
-        if on_scores is not None:
-            on_scores(spatial_coherence(x, hw, layout.grid, bands).detach())
-        if K == 0:
-            return attend(attn, x)
-        merged, unmerge = bipartite_merge(x, hw, K)
-        return unmerge(attend(attn, merged))
-    sel = choose_tokens(x, hw, ratio, layout, bands, on_scores, budgets, method)
-    if on_select is not None:
-        on_select(sel)
-    if sel is None:
-        return attend(attn, x)
-    y_keep = attend(attn, gather_tokens(x, sel.keep))
-    if method == "no_reconstruction":
-        return scatter_rows(y_keep, sel.keep, x.shape[1])
-    return reconstruct(y_keep, sel.keep, sel.skip, sel.sc, hw, layout.grid, layout.subgrid, bands)
+    reducer = build_method(method) if isinstance(method, str) else method
+    attend = attend or local_attend(backend)
+    if budgets is None:
+        budgets = band_budgets(hw, ratio, geometry.stride, geometry.ordinal, bands)
+    geo = CallGeometry(tuple(hw), ratio, geometry, bands, tuple(budgets))
+    sc = None
+    if scores or (geo.skipped and reducer.uses_scores):
+        sc = kernels.spatial_coherence(x, hw, geometry.grid, bands)
+    stats = sc.detach() if (scores and sc is not None) else None
+    if geo.skipped == 0:
+        return AttentionResult(attend(attn, Reduced(x)), None, stats)
+    plan = reducer.select(x, geo, sc)
+    red = reducer.reduce(x, plan, geo)
+    out = reducer.restore(attend(attn, red), x, plan, red, geo)
+    return AttentionResult(out, plan if reducer.supports_cross_view else None, stats)

@@ -1,8 +1,7 @@
-"""Optional fused Triton kernels for the CoReDiT ops (scoring and reconstruction).
-
-``triton`` is an optional import. The attention layer (:mod:`coredit_video.attention.dispatch`) calls
-:func:`use_triton` and takes the kernels only when it says so; otherwise (CPU, no triton, ``torch.compile``
-tracing, autograd needing gradients, float64) it runs the pure-torch ops, which stay the reference.
+"""The dispatch of the two CoReDiT ops the methods call, scoring and reconstruction: the fused Triton kernels
+(:mod:`.triton_ops`) when :func:`use_triton` says so, else the pure-torch ops of :mod:`coredit_video.ops`, which
+stay the reference (CPU, no triton, ``torch.compile`` tracing, autograd needing gradients, float64). ``ops``
+itself never imports the kernels. ``triton`` is an optional import.
 
 Mode (``COREDIT_KERNELS`` environment variable, or :func:`set_mode`):
 
@@ -21,7 +20,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.partition import is_compiling
+from .. import ops
+from ..ops.tables import is_compiling
 
 MODES = ("auto", "torch", "triton")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -83,17 +83,24 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 
 def spatial_coherence(x: torch.Tensor, hw, grid, bands: int = 1) -> torch.Tensor:
-    """Fused scoring kernel (same contract as :func:`coredit_video.ops.spatial_coherence`)."""
-    from .triton_ops import spatial_coherence_triton
+    """``x [F, N, C]`` -> ``sc [F, N]`` float32: the fused Triton kernel when :func:`use_triton` says so, else the
+    torch op (same contract: :func:`coredit_video.ops.spatial_coherence`)."""
+    if x.dim() == 3 and x.is_floating_point() and use_triton(x):
+        from .triton_ops import spatial_coherence_triton
 
-    return spatial_coherence_triton(x, hw, grid, bands)
+        return spatial_coherence_triton(x, hw, grid, bands)
+    return ops.spatial_coherence(x, hw, grid, bands)
 
 
-def reconstruct(y_keep, keep_idx, skip_idx, sc, hw, grid, subgrid, bands: int = 1) -> torch.Tensor:
-    """Fused reconstruction kernels (see :func:`coredit_video.ops.reconstruct`)."""
-    from .triton_ops import reconstruct_triton
+def reconstruct(y_keep: torch.Tensor, keep_idx: torch.Tensor, skip_idx: torch.Tensor, sc: torch.Tensor, hw, grid,
+                subgrid, bands: int = 1) -> torch.Tensor:
+    """``y_keep [F, N-K, C]`` -> ``[F, N, C]``: the fused Triton kernels when :func:`use_triton` says so, else the
+    torch op (same contract: :func:`coredit_video.ops.reconstruct`)."""
+    if skip_idx.dim() == 2 and skip_idx.shape[1] and keep_idx.shape[1] and use_triton(y_keep, sc):
+        from .triton_ops import reconstruct_triton
 
-    return reconstruct_triton(y_keep, keep_idx, skip_idx, sc, hw, grid, subgrid, bands)
+        return reconstruct_triton(y_keep, keep_idx, skip_idx, sc, hw, grid, subgrid, bands)
+    return ops.reconstruct(y_keep, keep_idx, skip_idx, sc, hw, grid, subgrid, bands)
 
 
 __all__ = ["HAS_TRITON", "MODES", "available", "get_mode", "interpreting", "reconstruct", "set_mode",

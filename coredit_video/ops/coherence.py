@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .partition import GridArg, as_pair, cached, cell_counts, check_frame, on_device, partition
+from .partition import GridArg, as_pair, cell_counts, check_frame, partition
+from .tables import cached, on_device
 
 
 def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> torch.Tensor:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .partition import GridArg, check_frame, on_device, partition
+from .partition import GridArg, check_frame, partition
+from .tables import on_device
 
 MIN_WEIGHT = 1e-4
 

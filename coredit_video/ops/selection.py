@@ -7,7 +7,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .partition import cached, check_frame, forced_mask, free_per_band, is_compiling, on_device
+from .partition import check_frame, forced_mask, free_per_band
+from .tables import cached, is_compiling, on_device
 
 
 def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1) -> List[int]:

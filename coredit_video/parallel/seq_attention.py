@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..attention.backends import attention
-from ..attention.dense import attn_dropout, output_projection, qkv_heads
+from ..attention.backends import attn_dropout, output_projection, qkv_heads
 from .comm import heads_to_seq, seq_to_heads
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ...attention.backends import attention
-from ...attention.dense import attn_dropout, dense_self_attention, output_projection
+from ...attention.backends import attn_dropout, dense_self_attention, output_projection
 from ...parallel.seq_attention import sp_attention, sp_self_attention
 
 

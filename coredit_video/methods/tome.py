@@ -1,38 +1,17 @@
-"""Token-reduction baselines the quality study compares CoReDiT with (``prune.method``).
+"""Token merging after ToMe / tomesd (bipartite soft matching), the quality study's strongest baseline.
 
-- ``random``: the same per-band budgets and forced m-stride tokens as CoReDiT, but the skipped tokens
-  are drawn at random instead of by coherence (:func:`random_scores` replaces the scores).
-- ``no_reconstruction``: CoReDiT's selection; skipped tokens get a zero attention output, so the
-  block's residual passes them through unchanged (:func:`scatter_rows`).
-- ``tome``: token merging after ToMe / tomesd (bipartite soft matching): one destination token per
-  2x2 cell, every other token a source; the ``K`` sources most similar (cosine) to their best
-  destination are averaged into it before attention and copy its output after
-  (:func:`bipartite_merge`). ``K`` is CoReDiT's budget, so both attend over ``N - K`` tokens.
+One destination token per 2x2 cell, every other token a source; the ``K`` sources most similar (cosine) to their
+best destination are averaged into it before attention and copy its output after. ``K`` is CoReDiT's budget, so
+both attend over ``N - K`` tokens. The matching is quadratic in ``N`` (every source against every destination).
+Not under sequence parallelism: a frame's matching needs all its tokens.
 """
 from __future__ import annotations
 
-import zlib
-from typing import Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
-METHODS = ("coredit", "random", "no_reconstruction", "tome")
-
-
-def random_scores(x: torch.Tensor, ordinal: int) -> torch.Tensor:
-    """Uniform ``[F, N]`` scores, a deterministic function of the block and of ``x [F, N, C]`` (so a
-    gradient-checkpoint recompute draws the same tokens) and different for every input."""
-    probe = x.detach()[:, :, 0].float().cpu().numpy().tobytes()
-    g = torch.Generator().manual_seed(zlib.crc32(probe) * 131 + int(ordinal))
-    return torch.rand(x.shape[:2], generator=g).to(x.device)
-
-
-def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
-    """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
-    Fr, _, C = y_keep.shape
-    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
-    out = y_keep.new_zeros(Fr * n, C)
-    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)
+from .base import CallGeometry, Reduced, TokenReducer
 
 
 def destination_mask(hw: Tuple[int, int], device=None) -> torch.Tensor:
@@ -88,4 +67,17 @@ def bipartite_merge(x: torch.Tensor, hw: Tuple[int, int], k: int
     return merged, unmerge
 
 
-__all__ = ["METHODS", "bipartite_merge", "destination_mask", "random_scores", "scatter_rows"]
+class TokenMerging(TokenReducer):
+    name = "tome"
+    uses_scores = False
+    supports_sp = False
+
+    def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> int:
+        return geo.skipped
+
+    def reduce(self, x: torch.Tensor, k: int, geo: CallGeometry) -> Reduced:
+        merged, unmerge = bipartite_merge(x, geo.hw, k)
+        return Reduced(merged, state=unmerge)
+
+    def restore(self, y: torch.Tensor, x: torch.Tensor, k: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
+        return red.state(y)

@@ -1,0 +1,130 @@
+"""What a token-reduction method is: how one spatial self-attention call selects, reduces, attends and restores.
+
+A method is a :class:`TokenReducer` registered by name (:mod:`coredit_video.methods`). The core
+(:func:`coredit_video.attention.pruned.pruned_self_attention`) runs every method the same way, on ``x [F, N, C]``
+(``F`` = batch x views x frames on this rank, ``N`` = this rank's tokens of a frame):
+
+1. ``plan = method.select(x, geo, sc)``   what to drop or merge (``None``: nothing this call, dense)
+2. ``red = method.reduce(x, plan, geo)``  what attention sees: queries, and keys/values when they differ
+3. ``y = attend(attn, red)``              the host's MHSA on the reduced tokens (local or over SP)
+4. ``out = method.restore(y, x, plan, red, geo)``  ``[F, N, C]``
+
+``sc [F, N]`` (float32) are the spatial-coherence scores, computed by the core only when the method uses them
+(:attr:`TokenReducer.uses_scores`) or the schedule records statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
+
+    ordinal: int
+    grid: Tuple[int, int]
+    subgrid: Tuple[int, int]
+    stride: int
+
+
+@dataclass(frozen=True)
+class CallGeometry:
+    """One self-attention call's frame geometry on this rank: ``hw`` (this rank's rows x ``W``), the effective
+    ``ratio``, the block's geometry (its m-stride pattern shifted into this rank's rows), this rank's ``bands``
+    and their skip ``budgets`` (one per band)."""
+
+    hw: Tuple[int, int]
+    ratio: float
+    block: BlockGeometry
+    bands: int
+    budgets: Tuple[int, ...]
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.budgets)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tokens one block retained: ``keep [F, N-K]``, ``skip [F, K]`` int64 and the scores ``sc [F, N]``
+    they were chosen by (float32; reconstruction weights). ``F`` and ``N`` are this rank's frames and tokens."""
+
+    keep: torch.Tensor
+    skip: torch.Tensor
+    sc: torch.Tensor
+
+
+@dataclass
+class Reduced:
+    """What attention runs on. ``q [F, Nq, C]``: the query tokens; ``kv [F, Nk, C]``: the key / value tokens
+    (``None``: the queries'); ``log_size [F, Nk]``: added to every query's logit of each key (ToMe's proportional
+    attention; ``None``: no bias); ``state``: whatever the method's ``restore`` needs."""
+
+    q: torch.Tensor
+    kv: Optional[torch.Tensor] = None
+    log_size: Optional[torch.Tensor] = None
+    state: Any = None
+
+
+@dataclass
+class AttentionResult:
+    """What :func:`~coredit_video.attention.pruned.pruned_self_attention` returns: the output ``out [F, N, C]``,
+    the CoReDiT ``selection`` it used (``None`` when dense or when the method has none), and the detached scores
+    ``scores [F, N]`` when they were computed (schedule statistics)."""
+
+    out: torch.Tensor
+    selection: Optional[Selection] = None
+    scores: Optional[torch.Tensor] = None
+
+
+class TokenReducer:
+    """One token-reduction method. Subclass, set the class attributes, implement the three steps, and register it
+    with :func:`coredit_video.methods.register`.
+
+    ``uses_scores``: ``select`` / ``restore`` read the coherence scores. ``supports_sp``: runs under sequence
+    parallelism (its reduced queries and keys are equal per-rank counts of each rank's own bands).
+    ``supports_cross_view``: its plan is a CoReDiT :class:`Selection` the block's cross-view attention may reuse.
+    ``supports_block_scope``: its ``restore`` can rebuild a whole block's residual. ``trainable``: gradients
+    reach the host's weights through it. ``options``: the config fields its constructor takes.
+    """
+
+    name: str = ""
+    options: Tuple[str, ...] = ()  # PruneConfig fields passed to the constructor
+    uses_scores: bool = True
+    supports_sp: bool = True
+    supports_cross_view: bool = False
+    supports_block_scope: bool = False
+    trainable: bool = True
+
+    def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> Any:
+        raise NotImplementedError
+
+    def reduce(self, x: torch.Tensor, plan: Any, geo: CallGeometry) -> Reduced:
+        raise NotImplementedError
+
+    def restore(self, y: torch.Tensor, x: torch.Tensor, plan: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
+
+    One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
+    element-wise ``gather`` with an expanded index."""
+    Fr, N, C = x.shape
+    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
+    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
+
+
+def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
+    Fr, _, C = y_keep.shape
+    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
+    out = y_keep.new_zeros(Fr * n, C)
+    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)

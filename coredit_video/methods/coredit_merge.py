@@ -1,0 +1,39 @@
+"""CoReDiT with rule (c), merging: before attention each skipped token's input is averaged into the most similar
+retained token of its sub-grid cell (size-weighted), attention adds ``log(size)`` of each key to its logits (ToMe's
+proportional attention), and after attention a skipped token takes its target's output. A skipped token whose cell
+holds no retained token is not merged and is rebuilt by eq. 3 (its grid, then its band).
+
+Gradients flow to every input through the averages (as in ToMe), to the retained outputs through the copy; the
+choice of targets is not differentiated. Linear in N. Not under sequence parallelism (the SP all-to-all carries no
+attention bias)."""
+from __future__ import annotations
+
+import torch
+
+from .base import CallGeometry, Reduced, Selection, gather_tokens
+from .coredit import CoReDiT
+from .coredit_copy import copy_restore, nearest_retained
+
+
+class CoReDiTMerge(CoReDiT):
+    name = "coredit_merge"
+    supports_sp = False
+    supports_cross_view = False
+
+    def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
+        target, has = nearest_retained(x, sel, geo)
+        Fr, N, C = x.shape
+        base = torch.arange(Fr, device=x.device).view(Fr, 1) * N
+        dest = (torch.where(has, target, sel.skip) + base).reshape(-1)  # an unmerged token adds to its own row
+        src = gather_tokens(x, sel.skip).reshape(-1, C) * has.reshape(-1, 1).to(x.dtype)
+        sums = x.reshape(Fr * N, C).index_add(0, dest, src).view(Fr, N, C)
+        size = torch.ones(Fr * N, device=x.device, dtype=torch.float32).index_add(
+            0, dest, has.reshape(-1).to(torch.float32)).view(Fr, N)
+        size_keep = size.gather(1, sel.keep)  # [F, N-K]
+        x_keep = gather_tokens(sums, sel.keep) / size_keep.unsqueeze(-1).to(x.dtype)
+        return Reduced(x_keep, log_size=size_keep.log(), state=(target, has))
+
+    def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Reduced,
+                geo: CallGeometry) -> torch.Tensor:
+        target, has = red.state
+        return copy_restore(super().restore(y, x, sel, red, geo), sel, target, has)
