@@ -54,6 +54,9 @@ def test_generate_dense_and_pruned_then_evaluate(tmp_path):
             assert r["metrics"][col] is not None, (r["method"], col)
         assert "I3D" in r["skipped"]["FVD"] and "LPIPS" in r["skipped"]["LPIPS"]
     assert "| dense" in proc.stdout and "CoReDiT" in proc.stdout  # the Markdown table
+    # one scene: the Δ row says there is no interval instead of failing
+    assert "no interval: 1 scene: a bootstrap over scenes needs at least 2" in (out / "eval.md").read_text()
+    assert rows["CoReDiT"]["delta_intervals"]["mAP"] == {"reason": "1 scene: a bootstrap over scenes needs at least 2"}
     from PIL import Image
 
     with Image.open(out / "eval_frames.png") as im:  # ground truth, dense, CoReDiT strips of the one scene
@@ -74,6 +77,41 @@ def test_generate_dense_and_pruned_then_evaluate(tmp_path):
                           "configs/eval_tiny_cpu.py", "--i3d-weights", str(tmp_path / "missing.pt")],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--i3d-weights" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "tools/eval_bev.py", str(tmp_path / "dense"), "--config",
+                          "configs/eval_tiny_cpu.py", "--bootstrap", "-1"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--bootstrap -1: give a number of resamples >= 0" in bad.stderr
+
+
+@pytest.mark.skipif(not any(__import__("importlib").util.find_spec(m) for m in ("av", "imageio", "cv2")),
+                    reason="no video writer (pip install av)")
+def test_two_scenes_give_every_delta_a_bootstrap_interval(tmp_path):
+    """Two scenes: every Δ with per-scene values gets an interval whose full-set value is the headline (the
+    recomputation over scenes is checked against it; a mismatch would leave a reason instead)."""
+    pytest.importorskip("nuscenes", reason="nuscenes-devkit is needed for mAP/NDS (pip install '.[eval]')")
+    opts = [o.format(work=tmp_path / "w") for o in TINY]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"ratios": [0.5, 0.5, 0.5]}))
+    for mode, extra in (("dense", ["--dense"]), ("pruned", ["--plan", str(plan)])):
+        run(["tools/generate.py", "configs/tiny_cpu.py", "--cfg-options", *opts, "--ckpt", "none", *extra,
+             "--out", str(tmp_path / mode), "--num-samples", "2", "--steps", "2"])
+    out = tmp_path / "eval"
+    run(["tools/eval_bev.py", str(tmp_path / "dense"), str(tmp_path / "pruned"), "--config",
+         "configs/eval_tiny_cpu.py", "--cfg-options", "data.num_samples=2",
+         "protocol.target_hw=(32,56)", "protocol.generation_hw=(32,56)", "protocol.key_frames=(0,1)",
+         "protocol.fvd_resize_hw=(32,56)", "protocol.fvd_crop_hw=(32,56)",
+         "data.train_config=" + str(_tiny_config(tmp_path, opts)), f"data.nuscenes_dir={tmp_path / 'nusc'}",
+         "--names", "dense", "CoReDiT", "--ratios", "0", "auto", "--out", str(out), "--bootstrap", "200"])
+    rows = {r["method"]: r for r in json.loads((out / "eval.json").read_text())["results"]}
+    ivs = rows["CoReDiT"]["delta_intervals"]
+    assert set(ivs) == {"mAP", "NDS", "mIoU", "PSNR", "SSIM"} and rows["dense"]["delta_intervals"] == {}
+    for col, iv in ivs.items():
+        assert "reason" not in iv, (col, iv)
+        assert (iv["scenes"], iv["resamples"], iv["seed"]) == (2, 200, 0)
+        delta = rows["CoReDiT"]["metrics"][col] - rows["dense"]["metrics"][col]
+        assert iv["delta"] == pytest.approx(delta, rel=1e-6, abs=1e-9)
+        assert iv["low"] <= iv["high"] and iv["noise"] == (iv["low"] <= 0 <= iv["high"])
+    md = (out / "eval.md").read_text()
+    assert "paired bootstrap (2 scenes, 200 resamples, seed 0)" in md and "only 3 distinct resamples" in md
 
 
 def _stand_in_i3d(path):

@@ -95,3 +95,39 @@ def test_class_ap_plot_says_all_zero_and_psnr_legend_is_outside_the_bars():
     fig.canvas.draw()
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes: it cannot cover a bar
+
+
+def test_delta_row_carries_bootstrap_intervals_and_marks_noise(tmp_path):
+    from coredit_video.evaluation.bootstrap import no_interval
+
+    dense, pruned = _rows()
+    iv = dict(scenes=2, resamples=1000, seed=0, level=0.95, dropped=0)
+    pruned.delta_intervals = {"mAP": dict(iv, delta=-0.005, low=-0.02, high=0.01, noise=True),
+                              "NDS": dict(iv, delta=-0.005, low=-0.009, high=-0.001, noise=False),
+                              "SSIM": dict(iv, delta=-0.0688, low=-0.07, high=-0.06, noise=False),
+                              "FVD": no_interval("FVD is a distance between distributions")}
+    md = markdown_table([dense, pruned])
+    delta = next(ln for ln in md.splitlines() if ln.startswith("| Δ"))
+    cells = [c.strip() for c in delta.split("|")]  # "", label, ratio, mAP, NDS, mIoU, PSNR, SSIM, LPIPS, FVD
+    assert cells[3] == "-0.50 [-2.00, +1.00] (noise)"  # contains 0: noise (percent columns scaled)
+    assert cells[4] == "-0.50 [-0.90, -0.10]" and cells[7] == "-0.0688 [-0.0700, -0.0600]"
+    assert cells[5] == "-0.71"  # no interval computed: the plain difference, as before
+    assert cells[9] == "+1.26[^4]" and "[^4]: Δ FVD: no interval: FVD is a distance between distributions" in md
+    assert "paired bootstrap (2 scenes, 1000 resamples, seed 0)" in md and "(noise): the interval contains 0" in md
+    assert "only 3 distinct resamples" in md and "does not establish a difference" in md
+    assert "mAP / NDS: nuScenes devkit on the pooled detections" in md and "SSIM: mean over" in md
+    paths = write_report([dense, pruned], str(tmp_path), plots=False)
+    row = json.load(open(paths["json"]))["results"][1]
+    assert row["delta_intervals"]["mAP"]["noise"] is True
+    assert MethodResult.from_dict(row).delta_intervals["NDS"]["high"] == -0.001
+
+
+def test_one_scene_says_no_interval_and_no_intervals_leave_the_table_as_it_was():
+    dense, pruned = _rows()
+    plain = markdown_table([dense, pruned])
+    assert "bootstrap" not in plain
+    pruned.delta_intervals = {c: {"reason": "1 scene: a bootstrap over scenes needs at least 2"}
+                              for c in ("mAP", "NDS", "mIoU", "SSIM")}
+    md = markdown_table([dense, pruned])
+    assert md.count("no interval: 1 scene: a bootstrap over scenes needs at least 2") == 4  # one footnote a column
+    assert "paired bootstrap (" not in md  # no interval, no note on them

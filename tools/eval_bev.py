@@ -7,6 +7,8 @@ PSNR/SSIM (and LPIPS / FVD with their weights), as a Table-4-shaped report.
 
 Each VIDEOS_DIR holds ``gen_video/`` and ``gt_video/`` in MagicDrive-V2's test layout
 (``tools/generate.py`` writes it). ``--ratios auto`` reads the mean ratio from ``generation.json``.
+Each Δ row (a method minus the dense row) carries a 95% paired-bootstrap interval over scenes (``--bootstrap N``
+resamples, 1000 by default, 0 for none); a difference whose interval contains 0 is marked "(noise)".
 """
 from __future__ import annotations
 
@@ -31,6 +33,93 @@ def synthetic_dataset(data_cfg: dict):
     return build(data)[0]
 
 
+def synthetic_scene_statistics(videos_dir: str, dataset, protocol, nusc=None):
+    """Per-scene records of the built-in perception for the bootstrap: the predictions, ground truth and BEV
+    TP / FP / FN that ``synthetic_perception_metrics`` pools, kept per scene (clip token). Returns the
+    ``(PooledDetection, PooledIoU)`` statistics; on every scene together they give the headline mAP / NDS / mIoU."""
+    import numpy as np
+
+    from coredit_video.embedded.perception.base import Calibration, boxes_to_global
+    from coredit_video.embedded.perception.evaluate import ground_truth_boxes
+    from coredit_video.embedded.perception.synthetic import SyntheticPerception
+    from coredit_video.embedded.world.bev import BEV_CHANNELS
+    from coredit_video.evaluation.bootstrap import PooledDetection, PooledIoU
+    from coredit_video.evaluation.metrics_bev import BEVIoU
+    from coredit_video.evaluation.metrics_det import _load_gt_from_db
+    from coredit_video.evaluation.video_io import find_clips, read_video
+
+    model = SyntheticPerception()
+    gens = find_clips(os.path.join(videos_dir, "gen_video"), protocol.cameras)
+    items = {}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        items[item["token"]] = item
+    det, iou = PooledDetection(protocol.det_config), PooledIoU(absent_score=0.0)
+    gt_db = None
+    if nusc is not None:  # the devkit's ground truth of every key frame, as the headline reads it (one pass)
+        stoks = [items[tok]["frame_tokens"][f] for tok in sorted(gens) for f in protocol.key_frames
+                 if f < len(items[tok]["frame_tokens"])]
+        gt_db = _load_gt_from_db(nusc, stoks, False)
+    for k in sorted({k for g in gens.values() for k in g if k >= 0}):
+        for tok in sorted(gens):
+            if k not in gens[tok]:
+                continue
+            item = items[tok]
+            clips = {cam: read_video(path) for cam, path in gens[tok][k].items()}
+            T = min(c.shape[0] for c in clips.values())
+            scene_iou = BEVIoU(BEV_CHANNELS, mode="multilabel", absent_score=0.0)
+            for f in [f for f in protocol.key_frames if f < T]:
+                frames = {cam: clips[cam][f] for cam in item["camera_names"]}
+                out = model.predict(frames, Calibration.from_item(item, f))
+                stok = item["frame_tokens"][f]
+                pose = np.asarray(item["ego2global"][f], np.float64)
+                if gt_db is not None:
+                    gt = [b.serialize() for b in gt_db[stok]]
+                else:
+                    gt = boxes_to_global(ground_truth_boxes(item, f, min_pixels=16), pose)
+                det.add(k, tok, stok, boxes_to_global(out["boxes"], pose), gt, pose[:3, 3])
+                if f == 0:  # the dataset's BEV map is around the frame-0 ego
+                    scene_iou.update(np.asarray(out["bev_seg"], bool), np.asarray(item["bev_map"]) > 0.5)
+            iou.add(k, tok, scene_iou.tp.numpy(), scene_iou.fp.numpy(), scene_iou.fn.numpy())
+    return det, iou
+
+
+def add_intervals(results, folders, protocol, resamples: int, perception_stats=None, lpips_weights=None,
+                  no_perception_reason: str = "") -> None:
+    """Fill ``delta_intervals`` of every row with a Δ row: the paired bootstrap over scenes against its dense row.
+
+    ``folders[i]``: the videos folder of ``results[i]``; ``perception_stats(folder) -> (PooledDetection,
+    PooledIoU)`` gives the per-scene perception records (``None``: the perception columns get
+    ``no_perception_reason``)."""
+    from coredit_video.evaluation.bootstrap import delta_intervals, video_scene_statistics
+    from coredit_video.evaluation.report import COLUMNS, delta_reference
+
+    cache = {}
+
+    def stats(i):
+        if i not in cache:
+            per = {c: (s, s.scenes) for c, s in video_scene_statistics(folders[i], protocol, lpips_weights).items()}
+            if perception_stats is not None:
+                det, iou = perception_stats(folders[i])
+                per.update(mAP=(det.metric("mAP"), det.scenes), NDS=(det.metric("NDS"), det.scenes),
+                           mIoU=(iou, iou.scenes))
+            cache[i] = per
+        return cache[i]
+
+    missing = {"FVD": "FVD is a distance between the distributions of all clips, not a mean of per-scene values"}
+    if perception_stats is None:
+        missing.update({c: no_perception_reason for c in ("mAP", "NDS", "mIoU")})
+    for i, r in enumerate(results):
+        ref = delta_reference(results, r)
+        if ref is None:
+            continue
+        j = next(j for j, x in enumerate(results) if x is ref)
+        print(f"bootstrap: {r.method} - {ref.method}, {resamples} resamples over scenes", file=sys.stderr)
+        r.delta_intervals = delta_intervals(stats(i), stats(j), {c: r.value(c) for c in COLUMNS},
+                                            {c: ref.value(c) for c in COLUMNS}, COLUMNS, resamples,
+                                            missing=missing)
+
+
 def main(argv=None) -> int:
     from mmengine.config import Config, DictAction
 
@@ -51,7 +140,12 @@ def main(argv=None) -> int:
                     help="method names of reference rows (e.g. gt_codec pretrained): listed first, no Δ row")
     ap.add_argument("--frame-scenes", type=int, default=2,
                     help="scenes in eval_frames.png (frame 0 of every camera, one strip per method)")
+    ap.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="resamples of the paired bootstrap over scenes behind each Δ row's 95%% interval "
+                         "(default 1000; 0: no intervals)")
     args = ap.parse_args(argv)
+    if args.bootstrap < 0:
+        ap.error(f"--bootstrap {args.bootstrap}: give a number of resamples >= 0 (0 turns the intervals off)")
 
     from coredit_video.embedded.perception.evaluate import synthetic_scorer
     from coredit_video.evaluation.pipeline import evaluate_run
@@ -120,6 +214,11 @@ def main(argv=None) -> int:
         results.append(res)
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items() if v is not None),
               file=sys.stderr)
+    if args.bootstrap:
+        add_intervals(results, list(args.videos), protocol, args.bootstrap, lpips_weights=args.lpips_weights,
+                      perception_stats=(lambda folder: synthetic_scene_statistics(folder, dataset, protocol, nusc))
+                      if kind == "synthetic" else None,
+                      no_perception_reason="the BEVFormer path keeps no per-scene perception results")
     out = args.out or os.path.join(os.path.dirname(os.path.normpath(args.videos[0])), "eval")
     paths = write_report(results, out, protocol=protocol)
     paths["frames_png"] = plot_frames(dict(zip(names, args.videos)), os.path.join(out, "eval_frames.png"),

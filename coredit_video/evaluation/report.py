@@ -5,6 +5,11 @@ generation to the dense one from the same noise and conditions (fidelity_PSNR, f
 mIoU are shown in percent (stored as fractions in the JSON). Reference rows (ground truth through the codec,
 the pre-trained host) come first, then the dense row (ratio 0); every pruned row is followed by a ``Δ`` row
 against the dense row. A metric that was not computed is '-' with a numbered footnote giving the reason.
+
+A Δ row carries, when the row has ``delta_intervals`` (:mod:`.bootstrap`, ``tools/eval_bev.py --bootstrap``), the
+95% paired-bootstrap interval of each difference over scenes, ``-1.93 [-4.10, +0.25] (noise)``: "(noise)" when
+the interval contains 0. A note under the table says how many scenes and resamples back the intervals and how
+each metric is recomputed; a difference without an interval has a footnote saying why.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ class MethodResult:
     per_class_iou: Dict[str, float] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
     reference: bool = False  # a reference row (ground truth through the codec, the pre-trained host)
+    # {column: bootstrap.paired_bootstrap's dict, or {"reason"}}: the interval of this row minus its dense row
+    delta_intervals: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = sorted(set(self.metrics) - set(COLUMNS))
@@ -65,7 +72,7 @@ class MethodResult:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> MethodResult:
         return cls(**{k: d[k] for k in ("method", "ratio", "metrics", "skipped", "per_class_ap", "per_camera_psnr",
-                                        "per_class_iou", "extra", "reference") if k in d})
+                                        "per_class_iou", "extra", "reference", "delta_intervals") if k in d})
 
 
 def _fmt(col: str, v: float) -> str:
@@ -86,13 +93,76 @@ def delta_label(dense_method: str) -> str:
     return f"Δ vs {dense_method} dense"
 
 
+def delta_reference(results: Sequence[MethodResult], row: MethodResult) -> Optional[MethodResult]:
+    """The dense row ``row``'s Δ row is taken against (same method name, else the first dense row); ``None`` for a
+    dense or reference row, or without a dense row."""
+    if row.is_dense or row.reference:
+        return None
+    dense = {r.method: r for r in _ordered(results) if r.is_dense}
+    return dense.get(row.method, next(iter(dense.values()), None))
+
+
+def _signed(col: str, v: float) -> str:
+    return f"{v * (100.0 if col in PERCENT else 1.0):+.{DECIMALS[col]}f}"
+
+
+def _delta_cell(col: str, d: float, iv: Optional[Dict[str, Any]], notes: Dict[str, int]) -> str:
+    cell = _signed(col, d)
+    if not iv:
+        return cell
+    if "reason" in iv:
+        n = notes.setdefault(f"Δ {col}: no interval: {iv['reason']}", len(notes) + 1)
+        return f"{cell}[^{n}]"
+    cell += f" [{_signed(col, iv['low'])}, {_signed(col, iv['high'])}]"
+    return cell + " (noise)" if iv.get("noise") else cell
+
+
+FEW_SCENES = 10  # below this many scenes the note warns that a percentile bootstrap understates the spread
+
+
+def bootstrap_note(results: Sequence[MethodResult]) -> str:
+    """The paragraph under the table: how many scenes and resamples back the Δ intervals, how each metric is
+    recomputed, what "(noise)" means, and, for few scenes, how little such an interval says; empty without
+    intervals."""
+    from .bootstrap import HOW, distinct_resamples
+
+    settings: Dict[tuple, int] = {}
+    cols: List[str] = []
+    for r in results:
+        for c, iv in r.delta_intervals.items():
+            if "reason" not in iv:
+                key = (iv["scenes"], iv["resamples"], iv["seed"], iv["level"])
+                settings[key] = settings.get(key, 0) + iv.get("dropped", 0)
+                cols += [c] if c not in cols else []
+    if not settings:
+        return ""
+    parts, caveats = [], []
+    for (n, b, seed, _level), dropped in settings.items():
+        parts.append(f"{n} scenes, {b} resamples, seed {seed}" +
+                     (f", {dropped} non-finite resample differences left out" if dropped else ""))
+        if n < FEW_SCENES:
+            c = f"Few scenes: {n} scenes allow only {distinct_resamples(n)} distinct resamples"
+            c += ", and the interval is about the span of the two scenes' own Δs" if n == 2 else ""
+            caveats.append(c + "; a percentile bootstrap over so few scenes understates the uncertainty, so an "
+                               "interval without 0 does not establish a difference.")
+    level = next(iter(settings))[3]
+    how: Dict[str, List[str]] = {}
+    for c in (c for c in COLUMNS if c in cols):
+        how.setdefault(HOW.get(c, "recomputed on the drawn scenes"), []).append(c)
+    return (f"Δ rows: {level:.0%} intervals over scenes from a paired bootstrap ({'; '.join(parts)}): each "
+            "resample draws the scenes with replacement, the same draw for both rows, and recomputes every metric "
+            "on the drawn scenes as the headline is computed (" +
+            "; ".join(f"{' / '.join(cs)}: {h}" for h, cs in how.items()) +
+            "). (noise): the interval contains 0, the difference is not told apart from the scene-to-scene "
+            "variation." + "".join(" " + c for c in dict.fromkeys(caveats)))
+
+
 def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
-    """Markdown table (and footnotes) of ``results``; dense first, each pruned row followed by its Δ row."""
+    """Markdown table (and footnotes) of ``results``; dense first, each pruned row followed by its Δ row (with
+    its bootstrap intervals, when the row has ``delta_intervals``, and a note on them under the table)."""
     if not results:
         raise ValueError("no result to report")
     rows = _ordered(results)
-    dense = {r.method: r for r in rows if r.is_dense}
-    any_dense = next(iter(dense.values()), None)
     notes: Dict[str, int] = {}
     header = "| method | ratio | " + " | ".join(f"{c} (%)" if c in PERCENT else c for c in COLUMNS) + " |"
     arrows = "| | | " + " | ".join("↑" if HIGHER_IS_BETTER[c] else "↓" for c in COLUMNS) + " |"
@@ -109,17 +179,19 @@ def markdown_table(results: Sequence[MethodResult], deltas: bool = True) -> str:
                 cells.append(_fmt(c, v))
         ratio = "reference" if r.reference else ("0 (dense)" if r.is_dense else f"{r.ratio:g}")
         lines.append(f"| {r.method} | {ratio} | " + " | ".join(cells) + " |")
-        ref = dense.get(r.method, any_dense)
-        if deltas and not r.is_dense and not r.reference and ref is not None:
+        ref = delta_reference(rows, r)
+        if deltas and ref is not None:
             dc = []
             for c in COLUMNS:
                 a, b = r.value(c), ref.value(c)
                 if a is None or b is None or math.isinf(a) or math.isinf(b):
                     dc.append("")
                 else:
-                    d = (a - b) * (100.0 if c in PERCENT else 1.0)
-                    dc.append(f"{d:+.{DECIMALS[c]}f}")
+                    dc.append(_delta_cell(c, a - b, r.delta_intervals.get(c), notes))
             lines.append(f"| {delta_label(ref.method)} | | " + " | ".join(dc) + " |")
+    note = bootstrap_note(rows) if deltas else ""
+    if note:
+        lines += ["", note]
     if notes:
         lines.append("")
         for reason, n in notes.items():
