@@ -33,7 +33,8 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     parts = {ln.split("]")[0].lstrip("["): ln for ln in proc.stdout.splitlines() if ln.startswith("[")}
-    for name in ("tests", "attention_eager", "attention_compiled_424x800", "attention_compiled_848x1600", "e2e"):
+    for name in ("tests", "attention_eager", "attention_compiled_424x800", "attention_compiled_848x1600",
+                 "attention_methods", "e2e"):
         assert "timeout -k 10 " in parts[name] and f"{out}/{name}.log" in parts[name]
     assert "tests/test_kernels.py" in parts["tests"] and "tests/test_attention_backends_cuda.py" in parts["tests"]
     eager = parts["attention_eager"]
@@ -41,6 +42,16 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
                 f"--out {out}"):
         assert arg in eager
     assert "--compile" not in eager and "--compile" in parts["attention_compiled_848x1600"]
+    for name in ("attention_eager", "attention_compiled_424x800", "attention_compiled_848x1600"):
+        assert "--methods coredit " in parts[name]  # CoReDiT alone there; every method in its own part
+    methods = parts["attention_methods"]
+    for arg in ("--methods coredit,coredit_copy,coredit_sharp,coredit_merge,coredit_kv,tome,todo",
+                "--resolutions 848x1600,424x800", "--passes fwd,fwd+bwd", "--dtype bfloat16", "--repeats 5",
+                "--no-split", f"--out {out}", "--tag gpu_methods"):
+        assert arg in methods
+    assert "--compile" not in methods and "timeout -k 10 75 " in methods
+    limits = [int(ln.split("timeout -k 10 ")[1].split()[0]) for ln in parts.values()]
+    assert sum(limits) - 77 + 135 <= 10 * 60  # worst case with the default limits, under 10 minutes
     assert "timeout -k 10 77 " in parts["e2e"]  # limits come from the environment
     assert "--resolution 848x1600" in parts["e2e"] and "|| " in parts["e2e"]  # then the smaller shape
     assert parts["e2e"].count("--cross-view qkv") == 2  # dense, self-only and + cross-view at 848x1600 (or 424x800)

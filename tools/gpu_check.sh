@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The first thing to run on a CUDA machine: GPU-only tests, the attention benchmark and the end-to-end
-# step, each under its own time limit, all results (logs, JSON, Markdown) in OUT_DIR.
+# The first thing to run on a CUDA machine: GPU-only tests, the attention benchmark (CoReDiT against dense
+# and ideal, then every token-reduction method's cost as paid) and the end-to-end step, each under its own
+# time limit, all results (logs, JSON, Markdown) in OUT_DIR.
 #
-#   bash tools/gpu_check.sh OUT_DIR            # at most ~8 min on one H100 / H200
+#   bash tools/gpu_check.sh OUT_DIR            # at most ~9.5 min on one H100 / H200
 #   bash tools/gpu_check.sh --dry-run OUT_DIR  # print the commands, run nothing (no GPU needed)
 #
 # Needs torch with CUDA (Triton for the kernel tests) and pytest; nothing else of the project's
 # dependencies (no mmengine, DeepSpeed, xformers or flash-attn). Wheels for anything missing (pytest and
 # its dependencies, say) may be brought in a `.whl/` folder at the repository root (never committed):
 # they are installed offline into /tmp/site. Time limits (seconds) can be changed through the
-# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_E2E. A part
+# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_ATTN_METHODS, T_E2E. A part
 # that fails or times out is marked so in OUT_DIR/SUMMARY.md and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +23,11 @@ if [ $# -ne 1 ] || [ "${1:0:1}" = "-" ]; then
 fi
 OUT=$1
 PY=${PYTHON:-python3}
-# worst case, every part at its limit: 80 + 80 + 2 x 90 + 90 + 40 s = 7.8 min
+# worst case, every part at its limit: 80 + 80 + 2 x 90 + 75 + 135 s = 9.2 min (+ 10 s kill grace each)
 T_TESTS=${T_TESTS:-80}
 T_ATTN=${T_ATTN:-80}
 T_ATTN_COMPILE=${T_ATTN_COMPILE:-90}
+T_ATTN_METHODS=${T_ATTN_METHODS:-75}
 T_E2E=${T_E2E:-135}
 
 if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
@@ -48,9 +50,12 @@ E2E="tools/bench_e2e.py --preset xl --ratio 0.26 --dtype bfloat16 --out $OUT"
 # name | time limit (s) | command
 PARTS=(
   "tests|$T_TESTS|$PY -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention_backends_cuda.py --junitxml $OUT/tests.xml"
-  "attention_eager|$T_ATTN|$PY $ATTN --resolutions 848x1600,424x800 --tag gpu_eager"
-  "attention_compiled_424x800|$T_ATTN_COMPILE|$PY $ATTN --resolutions 424x800 --compile --no-split --repeats 5 --tag gpu_compiled_424x800"
-  "attention_compiled_848x1600|$T_ATTN_COMPILE|$PY $ATTN --resolutions 848x1600 --compile --no-split --repeats 5 --tag gpu_compiled_848x1600"
+  "attention_eager|$T_ATTN|$PY $ATTN --methods coredit --resolutions 848x1600,424x800 --tag gpu_eager"
+  "attention_compiled_424x800|$T_ATTN_COMPILE|$PY $ATTN --methods coredit --resolutions 424x800 --compile --no-split --repeats 5 --tag gpu_compiled_424x800"
+  "attention_compiled_848x1600|$T_ATTN_COMPILE|$PY $ATTN --methods coredit --resolutions 848x1600 --compile --no-split --repeats 5 --tag gpu_compiled_848x1600"
+  # cost as paid: every method's whole reduced call against dense and ideal, interleaved; 848x1600 first (the
+  # report is rewritten after each resolution, so a timeout keeps it)
+  "attention_methods|$T_ATTN_METHODS|$PY tools/bench_attention.py --methods coredit,coredit_copy,coredit_sharp,coredit_merge,coredit_kv,tome,todo --ratios 0.2,0.4,0.6 --passes fwd,fwd+bwd --dtype bfloat16 --resolutions 848x1600,424x800 --no-split --warmup 1 --repeats 5 --out $OUT --tag gpu_methods"
   # dense, self-attention pruned and self + cross-view (qkv) pruned, interleaved in one run (issue 14)
   "e2e|$T_E2E|$PY $E2E --resolution 848x1600 --cross-view qkv --tag gpu_848x1600 || $PY $E2E --resolution 424x800 --cross-view qkv --tag gpu_424x800"
 )
