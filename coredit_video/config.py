@@ -11,6 +11,7 @@ from .plan import GridSpec, Plan, parse_grids, read_plan
 _HIDDEN = ("grid_specs", "resolved_plan")
 CROSS_VIEW_MODES = ("off", "kv", "qkv")
 CROSS_VIEW_SELECT = ("self", "fresh")
+SCOPES = ("attention", "block")
 
 
 @dataclass
@@ -38,6 +39,10 @@ class PruneConfig:
     method: the token-reduction method (:mod:`coredit_video.methods`): ``coredit`` (the paper's rules), a rule
         beyond the paper (``coredit_copy``, ``coredit_sharp``, ``coredit_merge``, ``coredit_kv``), or a baseline of
         the quality study at the same budget (``random``, ``no_reconstruction``, ``tome``, ``todo``).
+    scope: ``"attention"`` (the paper: only the self-attention of a prunable block is reduced) or ``"block"`` (the
+        whole spatial block runs on the retained tokens, the skipped ones get a rebuilt residual; see
+        :mod:`coredit_video.block_scope`; cross-view attention is then on the retained tokens whatever
+        ``cross_view`` says).
     temperature: softmax temperature of ``coredit_sharp``'s weights (cosine similarity / temperature).
     """
 
@@ -55,6 +60,7 @@ class PruneConfig:
     cross_view: str = "off"
     cross_view_select: str = "self"
     method: str = "coredit"
+    scope: str = "attention"
     temperature: float = 0.05
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
@@ -106,6 +112,12 @@ class PruneConfig:
 
         if self.method not in REGISTRY:
             raise ValueError(f"method must be one of {method_names()}, got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope == "block" and not REGISTRY[self.method].supports_block_scope:
+            raise ValueError(f"method {self.method!r} has no block scope (its restoration cannot rebuild a block "
+                             "residual); use scope='attention' or a CoReDiT rule (coredit, coredit_copy, "
+                             "coredit_sharp)")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")
@@ -119,7 +131,7 @@ class PruneConfig:
             raise ValueError(f"cross_view must be one of {CROSS_VIEW_MODES}, got {self.cross_view!r}")
         if self.cross_view_select not in CROSS_VIEW_SELECT:
             raise ValueError(f"cross_view_select must be one of {CROSS_VIEW_SELECT}, got {self.cross_view_select!r}")
-        if self.cross_view != "off" and not REGISTRY[self.method].supports_cross_view:
+        if self.cross_view != "off" and self.scope == "attention" and not REGISTRY[self.method].supports_cross_view:
             raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set "
                              f"method='coredit' or cross_view='off' (method {self.method!r} prunes "
                              "self-attention only)")

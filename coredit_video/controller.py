@@ -30,6 +30,8 @@ class PruningController:
         self.method = build_method(cfg.method, **cfg.method_options())
         self.names = [name for name, _ in blocks]
         self.modules = [mod for _, mod in blocks]
+        # the spatial blocks holding them (patched in block scope)
+        self.blocks = [model.get_submodule(name.rsplit(".", 1)[0]) for name in self.names]
         self.geometries = [
             BlockGeometry(l, *cfg.grid_specs[l % len(cfg.grid_specs)], stride=cfg.stride) for l in range(len(blocks))
         ]

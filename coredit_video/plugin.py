@@ -19,6 +19,7 @@ import torch.nn as nn
 from . import adapters  # noqa: F401  (registers the built-in adapters)
 from .config import PruneConfig
 from .controller import PruningController
+from .block_scope import BlockScopePatch
 from .execution import CrossViewPatch, SelfAttentionPatch, sp_size_of
 from .registry import find_adapter
 
@@ -49,9 +50,16 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
             raise ValueError(f"{name}: rotary embeddings in spatial self-attention are not supported")
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
-    for ordinal, (_, attn) in enumerate(blocks):
-        attn.__dict__["_coredit"] = attn.__dict__["forward"] = SelfAttentionPatch(controller, ordinal, attn)
-    if cfg.cross_view != "off":
+    if cfg.scope == "block":
+        if adapter.block_args is None:
+            raise ValueError(f"the {type(adapter).__name__} adapter does not describe its blocks' arguments "
+                             "(block_args); use scope='attention'")
+        for ordinal, block in enumerate(controller.blocks):
+            block.__dict__["_coredit"] = block.__dict__["forward"] = BlockScopePatch(controller, ordinal, block)
+    else:
+        for ordinal, (_, attn) in enumerate(blocks):
+            attn.__dict__["_coredit"] = attn.__dict__["forward"] = SelfAttentionPatch(controller, ordinal, attn)
+    if cfg.cross_view != "off" and cfg.scope == "attention":
         for name, attn, ordinal in adapter.cross_view_blocks(model, controller.names):
             attn.__dict__["_coredit"] = attn.__dict__["forward"] = CrossViewPatch(controller, ordinal, attn)
             controller.cross_view_names.append(name)
@@ -70,7 +78,7 @@ def remove(model: nn.Module) -> bool:
     controller: Optional[PruningController] = model.__dict__.pop(_CONTROLLER_ATTR, None)
     if controller is None:
         return False
-    for attn in [*controller.modules, *controller.cross_view_modules]:
+    for attn in [*controller.modules, *controller.cross_view_modules, *controller.blocks]:
         attn.__dict__.pop("forward", None)
         attn.__dict__.pop("_coredit", None)
     controller.hooks.remove()

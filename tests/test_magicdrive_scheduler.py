@@ -26,7 +26,7 @@ import coredit_video as cv
 from tests.test_magicdrive_adapter import CAPTION, CFG, ENV, FRAMES, SPATIAL, TOKENS, build, inputs
 from tests.test_magicdrive_adapter import md  # noqa: F401  (the module fixture: checkout + stand-ins)
 
-INTEGRATION = "coredit_video.integrations.magicdrive"
+INTEGRATION = "coredit_video.integrations.magicdrive_rflow"
 STEPS, LATE_STEPS = 6, 2
 # MagicDrive-V2's stage-3 scheduler (cog_style_trans: its transform for CogVAE clips; 9 frames -> 3)
 HOST_SCHED = dict(use_timestep_transform=True, cog_style_trans=True, sample_method="logit-normal",
@@ -301,7 +301,7 @@ def test_scheduler_class_is_importable_and_picklable(rf, tmp_path):
 
 def test_without_magicdrive_the_import_works_and_use_names_the_fix():
     """No checkout needed: a process where ``magicdrivedit`` cannot be imported (blocked even if installed)."""
-    code = ("import sys\nsys.modules['magicdrivedit'] = None\nimport coredit_video.integrations.magicdrive as m\n"
+    code = ("import sys\nsys.modules['magicdrivedit'] = None\nimport coredit_video.integrations.magicdrive_rflow as m\n"
             "for use in (m.register, m.CoReDiTRFLOW):\n"
             "    try:\n        use()\n    except ImportError as e:\n        print('ERR', e)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", ENV)}

@@ -21,11 +21,13 @@ linear-time rule keeps), ``coredit_nearest`` -> ``tome_drop`` the selection, ``t
 averaging. The error is ``sum |Y_hat - Y|^2 / sum |Y|^2`` over all
 calls (``Y``: the dense output, before the output projection's residual), split into the rows that skipped
 attention and the rows that attended (over fewer keys). The generation itself stays dense, so every mechanism
-sees the same inputs. Writes ``probe.json`` and ``probe.md`` into ``--out``.
+sees the same inputs. ``--methods`` adds registered methods of the table (``coredit_video.methods``), measured as
+``pruned_self_attention`` runs them (total error only). Writes ``probe.json`` and ``probe.md`` into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import json
 import os
@@ -35,17 +37,22 @@ from typing import Dict, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MECHANISMS = ("coredit", "coredit_local_nearest", "coredit_nearest", "tome_drop", "tome")
+METHODS = ("coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "todo")
 
 
-def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: int = 1) -> Dict[str, tuple]:
-    """Each mechanism's self-attention output for ``x [F, N, C]`` at ``ratio``: ``{name: (y [F, N, C],
-    reduced [F, N] bool)}``, ``reduced`` marking the rows that did not attend themselves."""
+def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: int = 1,
+                    methods=METHODS, temperature: float = 0.05) -> Dict[str, tuple]:
+    """Each mechanism's (and each registered method's) self-attention output for ``x [F, N, C]`` at ``ratio``:
+    ``{name: (y [F, N, C], reduced [F, N] bool)}``, ``reduced`` marking the rows that did not attend themselves
+    (all ``False`` for a method of the table: its split is not computed)."""
     import torch
 
-    from coredit_video.attention.baselines import bipartite_merge, destination_mask
-    from coredit_video.attention.dense import dense_self_attention
-    from coredit_video.attention.dispatch import reconstruct
-    from coredit_video.attention.pruned import choose_tokens, gather_tokens
+    from coredit_video.attention import pruned_self_attention
+    from coredit_video.attention.backends import dense_self_attention
+    from coredit_video.kernels import reconstruct, spatial_coherence
+    from coredit_video.methods import CallGeometry, build_method, gather_tokens
+    from coredit_video.methods.coredit import CoReDiT
+    from coredit_video.methods.tome import bipartite_merge, destination_mask
     from coredit_video.ops.partition import partition
     from coredit_video.ops.selection import band_budgets
 
@@ -56,12 +63,16 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
     none = torch.zeros(Fr, N, dtype=torch.bool)
     if K == 0:
         y = dense_self_attention(attn, x)
-        return {m: (y, none) for m in MECHANISMS}
+        return {m: (y, none) for m in (*MECHANISMS, *methods)}
+    for m in methods:
+        method = build_method(m, temperature=temperature) if m == "coredit_sharp" else build_method(m)
+        out[m] = (pruned_self_attention(attn, x, hw, ratio, layout, bands, budgets=budgets, method=method).out, none)
     attend = lambda t: dense_self_attention(attn, t)  # noqa: E731
     frame = torch.arange(Fr).view(Fr, 1)
 
     # CoReDiT (as pruned_self_attention computes it), and its selection with a nearest-retained-token copy
-    sel = choose_tokens(x, hw, ratio, layout, bands, budgets=budgets)
+    geo = CallGeometry(tuple(hw), ratio, layout, bands, tuple(budgets))
+    sel = CoReDiT().select(x, geo, spatial_coherence(x, hw, layout.grid, bands))
     skipped = torch.zeros(Fr, N, dtype=torch.bool)
     skipped[frame, sel.skip] = True
     y_keep = attend(gather_tokens(x, sel.keep))
@@ -107,8 +118,17 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=2, help="held-out scenes (seed offset 1000)")
     ap.add_argument("--sampling-steps", type=int, default=None, help="default: rflow.num_sampling_steps")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="registered methods measured beside the mechanisms (comma-separated)")
+    ap.add_argument("--temperature", type=float, default=0.05, help="coredit_sharp's temperature")
     ap.add_argument("--out", default="work_dirs/probe")
     args = ap.parse_args(argv)
+    from coredit_video.methods import method_names
+
+    unknown = [m for m in args.methods.split(",") if m and m not in method_names()]
+    if unknown:
+        print(f"error: unknown method(s) {unknown}; choose from {list(method_names())}", file=sys.stderr)
+        return 2
     if not os.path.isfile(args.config):
         print(f"error: config file {args.config!r} not found", file=sys.stderr)
         return 2
@@ -117,7 +137,7 @@ def main(argv=None) -> int:
     from mmengine.config import Config
     from tqdm import tqdm
 
-    from coredit_video.attention.dense import dense_self_attention
+    from coredit_video.attention.backends import dense_self_attention
     from coredit_video import apply as apply_pruning
     from coredit_video.plugin import remove
     from coredit_video.sampling import sample
@@ -132,14 +152,16 @@ def main(argv=None) -> int:
     model = bundle.model.eval()
     ctrl = apply_pruning(model, dataclasses.replace(tcfg.prune, ratios=0.0, plan=None))
     # sums[(mechanism, ratio)] = [err on reduced rows, err on attending rows, |Y|^2, reduced rows, rows]
-    sums = {(m, r): [0.0, 0.0, 0.0, 0, 0] for m in MECHANISMS for r in args.ratios}
+    methods = tuple(m for m in args.methods.split(",") if m)
+    sums = {(m, r): [0.0, 0.0, 0.0, 0, 0] for m in (*MECHANISMS, *methods) for r in args.ratios}
 
     def probe(ordinal, attn, x):
-        hw, layout = ctrl.context.hw, ctrl.layouts[ordinal]
+        hw, layout = ctrl.context.hw, ctrl.geometries[ordinal]
         y = dense_self_attention(attn, x)
         energy = float(y.float().pow(2).sum())
         for r in args.ratios:
-            for m, (y_hat, red) in reduced_outputs(attn, x, hw, r, layout, ctrl.bands).items():
+            for m, (y_hat, red) in reduced_outputs(attn, x, hw, r, layout, ctrl.bands, methods,
+                                                   args.temperature).items():
                 d = (y_hat - y).float().pow(2).sum(-1)
                 s = sums[(m, r)]
                 s[0] += float(d[red].sum())
@@ -149,7 +171,8 @@ def main(argv=None) -> int:
                 s[4] += red.numel()
         return y
 
-    ctrl.run_block = probe  # the generation stays dense; each call is also measured reduced
+    for ordinal, attn in enumerate(ctrl.modules):  # the generation stays dense; each call is also measured reduced
+        attn.__dict__["forward"] = functools.partial(probe, ordinal, attn)
     with torch.no_grad():
         for i in tqdm(range(args.scenes), desc="probe", file=sys.stderr):
             batch = bundle.collate([bundle.dataset[i]])
@@ -173,7 +196,7 @@ def main(argv=None) -> int:
              "| ratio | mechanism | reduced rows (%) | error: all | on reduced rows | on attending rows |",
              "|---|---|---|---|---|---|"]
     for r in args.ratios:
-        for m in MECHANISMS:
+        for m in (*MECHANISMS, *methods):
             row = next(x for x in rows if x["mechanism"] == m and x["ratio"] == r)
             lines.append(f"| {r:.2f} | {m} | {100 * row['reduced_fraction']:.1f} | {100 * row['error']:.3f} | "
                          f"{100 * row['error_reduced_rows']:.3f} | {100 * row['error_attending_rows']:.3f} |")

@@ -1,7 +1,7 @@
 """What a host adapter tells the plugin about a DiT."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -19,11 +19,16 @@ class HostAdapter:
       handles.
     - ``sp_group(model)``: the host's sequence-parallel process group, or ``None``.
 
+    ``block_args`` (positions / names of ``x``, ``T`` and ``S`` in a spatial block's forward) enables
+    ``prune.scope="block"``.
+
     ``cross_view_blocks`` (cross-view attentions next to the prunable self-attentions) works for any host
     whose spatial blocks hold a ``cross_view_attn`` called as ``cross_view_attn(x, cond)``.
     """
 
     default_groups: Tuple[str, ...] = ()
+    # where a spatial block's forward takes x [B*NC, T*S, C], T and S: (position, keyword); block scope needs them
+    block_args: Optional[Dict[str, Tuple[int, str]]] = None
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

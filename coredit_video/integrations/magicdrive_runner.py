@@ -44,7 +44,7 @@ def run_magicdrive_script(script_name: str, config: str) -> int:
     config = os.path.abspath(config)
     sys.path.insert(0, root)
     os.chdir(root)  # MagicDrive-V2 resolves its data and checkpoint paths from its root
-    from .magicdrive import register
+    from .magicdrive_rflow import register
 
     register()
     sys.argv = [script, config]

@@ -19,6 +19,7 @@ class CoReDiTMerge(CoReDiT):
     name = "coredit_merge"
     supports_sp = False
     supports_cross_view = False
+    supports_block_scope = False  # the unchanged block forward takes no proportional-attention bias
 
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         target, has = nearest_retained(x, sel, geo)

@@ -13,7 +13,7 @@ from .coredit import CoReDiT
 class NoReconstruction(CoReDiT):
     name = "no_reconstruction"
     supports_cross_view = False
-    supports_block_scope = False
+    supports_block_scope = True  # skipped tokens keep their input: the block is routed around them
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:

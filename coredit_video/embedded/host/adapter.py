@@ -19,6 +19,7 @@ def ring_pairs(B: int, NC: int, T: int, device=None) -> ViewPairs:
 @HOST_ADAPTERS.register_module(name="builtin")
 class BuiltinHostAdapter(HostAdapter):
     default_groups = ("base_blocks_s", "control_blocks_s")
+    block_args = {"x": (0, "x"), "T": (3, "T"), "S": (4, "S")}  # blk(x, cond, t_mod, T, S, NC)
 
     def matches(self, model) -> bool:
         from .mv_stdit import MultiViewSTDiT

@@ -1,0 +1,79 @@
+"""Block scope (``prune.scope="block"``): a prunable spatial block runs its own, unchanged forward on the retained
+tokens of every view-frame, and the skipped tokens receive a block residual rebuilt from retained neighbours.
+
+Every frame keeps the same number of tokens (budgets depend on the ratio, not on the content), so the block sees an
+ordinary batch ``[B*NC, T*S', C]`` with ``S' = N - K``: its self-attention, cross-attention, cross-view attention and
+MLP all run on ``S'`` tokens per view-frame (cross-view pairs the views as before; the positional embedding was added
+before the blocks). Selection is made once per block from the block input ``x`` (same scores, bands, m-stride,
+schedule and late-step decay as attention scope). The skipped tokens' residual ``block(x) - x`` is rebuilt by the
+method's restoration rule (eq. 3 for ``coredit``) from the retained tokens' residuals.
+
+The adapter says where a block's arguments sit (:attr:`~coredit_video.adapters.base.HostAdapter.block_args`:
+positions and names of ``x``, ``T`` and ``S``); nothing of the block's code changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from .execution import rank_call
+from .methods import gather_tokens
+
+
+def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
+    i, k = where
+    return args[i] if len(args) > i else kwargs[k]
+
+
+def _set(args: tuple, kwargs: dict, where: Tuple[int, str], value) -> Tuple[tuple, dict]:
+    i, k = where
+    if len(args) > i:
+        return args[:i] + (value,) + args[i + 1:], kwargs
+    return args, dict(kwargs, **{k: value})
+
+
+def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Block ``ordinal`` on its retained tokens; ``x [B*NC, T*S, C]`` -> ``[B*NC, T*S, C]``."""
+    spec = controller.adapter.block_args
+    x, T = _get(args, kwargs, spec["x"]), int(_get(args, kwargs, spec["T"]))
+    BN, L, C = x.shape
+    S = L // T
+    frames = x.reshape(BN * T, S, C)
+    call = rank_call(controller, ordinal, frames, "block")
+    geo, method = call.geo, controller.method
+    forward = type(block).forward
+    if geo.skipped == 0:
+        return forward(block, *args, **kwargs)
+    if call.counts is not None and len(set(call.counts)) > 1:
+        raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
+                         f"counts on every rank, got {call.counts}; lower the ratio (or use scope='attention')")
+    from . import kernels
+
+    sc = kernels.spatial_coherence(frames, geo.hw, geo.block.grid, geo.bands)
+    if controller.collecting_stats:
+        from .execution import sp_size_of
+
+        controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
+    sel = method.select(frames, geo, sc)
+    kept = gather_tokens(frames, sel.keep)  # [BN*T, S', C]
+    R = kept.shape[1]
+    args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
+    args, kwargs = _set(args, kwargs, spec["S"], R)
+    out_kept = forward(block, *args, **kwargs).reshape(BN * T, R, C)
+    residual = method.restore(out_kept - kept, frames, sel, None, geo)  # [BN*T, S, C]
+    return (frames + residual).reshape(BN, L, C)
+
+
+@dataclass(eq=False)
+class BlockScopePatch:
+    """The instance-level ``forward`` of one prunable spatial block in block scope (the block's own signature)."""
+
+    controller: object
+    ordinal: int
+    block: nn.Module
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return run_block_scope(self.controller, self.ordinal, self.block, args, kwargs)

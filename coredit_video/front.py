@@ -1,0 +1,285 @@
+"""The quality-vs-cost front on the embedded default: every token-reduction method, training-free, at ratios
+0.1 ... 0.6, measured the way a user chooses: fidelity to the dense generation against the cost paid.
+
+For each seed and held-out scene the shipped host samples the scene densely and once per (method, ratio) from the
+same noise; fidelity is PSNR / SSIM of the decoded uint8 frames to the dense ones (averaged over scenes). The
+attention-output error (``attn_error``, % of the dense output's energy) is measured on the dense trajectory of the
+first ``probe_scenes`` scenes of each seed: every spatial self-attention call is recomputed by every (method, ratio).
+Cost columns, each the method's figure over dense's (below 1 is cheaper), are the user's MagicDrive-V2-XL at
+848x1600: ``flops_ratio`` from :func:`coredit_video.flops.count_flops` (the method's own work counted) and
+``time_ratio`` from a ``tools/bench_attention.py --json`` run (the whole spatial self-attention, forward, measured).
+
+Rows are appended to ``front_rows.jsonl`` as they finish (a re-run resumes); ``front.json`` / ``front.png`` are
+written at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("coredit.front")
+
+FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "todo")
+FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio")
+
+
+@dataclasses.dataclass
+class FrontSettings:
+    config: str = "configs/tiny_cpu.py"
+    out: str = "work_dirs/front"
+    seeds: Sequence[int] = (0, 1)
+    scenes: int = 8
+    seed_offset: int = 1000
+    probe_scenes: int = 2
+    sampling_steps: Optional[int] = None
+    methods: Sequence[str] = FRONT_METHODS
+    ratios: Sequence[float] = FRONT_RATIOS
+    bench_json: Optional[str] = None  # tools/bench_attention.py --json output (time_ratio)
+    bench_resolution: Tuple[int, int] = (848, 1600)
+    preset: str = "magicdrive-v2-xl"
+    temperature: float = 0.05
+
+    def __post_init__(self):
+        from .methods import method_names
+
+        unknown = sorted(set(self.methods) - set(method_names()))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(method_names())}")
+        bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
+        if bad:
+            raise ValueError(f"ratios must be in (0, 1), got {bad}")
+        if self.scenes < 1 or not self.seeds:
+            raise ValueError("the front needs at least one scene and one seed")
+
+
+def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, method: str) -> float:
+    """Counted FLOPs of the whole model with ``method`` at ``ratio`` over dense's (overhead included)."""
+    from .flops import count_flops
+
+    res = count_flops(preset, resolution=resolution, ratios=ratio, method=method)
+    return 1.0 - float(res["total_reduction"])
+
+
+def bench_time_ratios(path: Optional[str], resolution: Tuple[int, int]) -> Dict[Tuple[str, float], float]:
+    """``{(method, ratio): time over dense}`` of the forward pass at ``resolution`` from a bench_attention JSON."""
+    if not path:
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    rows = data.get("methods", data.get("rows", data)) if isinstance(data, dict) else data
+    out = {}
+    for r in rows if isinstance(rows, list) else []:
+        res = tuple(r.get("resolution", ())) if isinstance(r.get("resolution"), (list, tuple)) else None
+        if res is not None and res != tuple(resolution):
+            continue
+        if r.get("pass", "forward") != "forward" or "time_ratio" not in r:
+            continue
+        out[(r["method"], round(float(r["ratio"]), 4))] = float(r["time_ratio"])
+    return out
+
+
+def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[float]:
+    """Linear interpolation of the line through ``(xs, ys)`` (sorted by ``xs``) at ``x``; ``None`` outside it."""
+    pts = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
+
+
+def equal_cost_wins(rows: List[dict], ours: str, theirs: str, seed: int, cost: str = "time_ratio") -> Tuple[int, int]:
+    """At each of ``theirs``' points, is ``ours``' fidelity (interpolated along its line at equal ``cost``) at or
+    above? Returns (wins, comparable points)."""
+    def line(m):
+        pts = [(r[cost], r["fidelity_PSNR"]) for r in rows if r["method"] == m and r["seed"] == seed
+               and r.get(cost) is not None and r.get("fidelity_PSNR") is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    xo, yo = line(ours)
+    xt, yt = line(theirs)
+    wins = n = 0
+    for x, y in zip(xt, yt):
+        mine = interpolate(xo, yo, x)
+        if mine is None:
+            continue
+        n += 1
+        wins += int(mine >= y)
+    return wins, n
+
+
+class AttentionErrorProbe:
+    """Recomputes every spatial self-attention call of a (dense) generation with each (method, ratio) and sums
+    ``|Y_hat - Y|^2`` and ``|Y|^2``; the generation itself stays dense."""
+
+    def __init__(self, ctrl, methods: Sequence[str], ratios: Sequence[float], temperature: float):
+        from .methods import build_method
+
+        self.ctrl = ctrl
+        self.methods = {m: build_method(m, temperature=temperature) if m == "coredit_sharp" else build_method(m)
+                        for m in methods}
+        self.ratios = list(ratios)
+        self.err = {(m, r): 0.0 for m in methods for r in ratios}
+        self.energy = 0.0
+
+    def __call__(self, ordinal: int, attn, x):
+        from .attention import dense_self_attention, pruned_self_attention
+
+        ctrl = self.ctrl
+        hw, geo = ctrl.context.hw, ctrl.geometries[ordinal]
+        y = dense_self_attention(attn, x)
+        self.energy += float(y.float().pow(2).sum())
+        for m, method in self.methods.items():
+            for r in self.ratios:
+                y_hat = pruned_self_attention(attn, x, hw, r, geo, ctrl.bands, method=method).out
+                self.err[(m, r)] += float((y_hat - y).float().pow(2).sum())
+        return y
+
+    def attach(self) -> None:
+        import functools
+
+        for ordinal, attn in enumerate(self.ctrl.modules):
+            attn.__dict__["forward"] = functools.partial(self, ordinal, attn)
+
+    def errors(self) -> Dict[Tuple[str, float], float]:
+        return {k: 100.0 * v / max(self.energy, 1e-30) for k, v in self.err.items()}
+
+
+def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the front; returns the payload written to ``front.json``."""
+    import torch
+    from mmengine.config import Config
+    from tqdm import tqdm
+
+    from .evaluation.metrics_video import psnr, ssim
+    from .generation import to_uint8_frames
+    from .plugin import apply as apply_pruning
+    from .plugin import remove
+    from .sampling import sample
+    from .training.config import build_train_config
+    from .training.hosts import build_host_bundle, held_out_data
+
+    os.makedirs(s.out, exist_ok=True)
+    tcfg = build_train_config(Config.fromfile(s.config))
+    rflow = tcfg.rflow if s.sampling_steps is None else \
+        dataclasses.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
+    bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, s.scenes, s.seed_offset), tcfg.seed)
+    bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
+    model = bundle.model.eval()
+    base = dataclasses.replace(tcfg.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature)
+    rows_path = os.path.join(s.out, "front_rows.jsonl")
+    done: Dict[Tuple[str, float, int], dict] = {}
+    if os.path.isfile(rows_path):
+        for line in open(rows_path):
+            r = json.loads(line)
+            done[(r["method"], round(r["ratio"], 4), r["seed"])] = r
+    times = bench_time_ratios(s.bench_json, s.bench_resolution)
+
+    def run(seed: int, i: int, ctrl=None):
+        item = bundle.dataset[i]
+        batch = bundle.collate([item])
+        x0 = bundle.latents(batch)
+        h, w, f = (v[0].item() for v in bundle.frame_info(batch))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + int(item.get("index", i)) * 101)
+        noise = torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            z = sample(model, bundle.forward, noise, batch, None, rflow, h, w, int(f), controller=ctrl)
+        video = bundle.codec.decode(z)[0] if bundle.codec is not None else z[0]
+        return [to_uint8_frames(v) for v in video]  # per view [T, H, W, 3]
+
+    for seed in s.seeds:
+        todo = [(m, float(r)) for m in s.methods for r in s.ratios if (m, round(float(r), 4), seed) not in done]
+        if not todo:
+            continue
+        dense = {}
+        ctrl = apply_pruning(model, base)
+        probe = AttentionErrorProbe(ctrl, s.methods, [float(r) for r in s.ratios], s.temperature)
+        probe.attach()
+        for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
+            if i == s.probe_scenes:
+                remove(model)  # the remaining dense scenes without the probe
+                ctrl = apply_pruning(model, base)
+            dense[i] = run(seed, i, ctrl)
+        remove(model)
+        attn_err = probe.errors()
+        for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
+            ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, method=m))
+            p_sum = s_sum = 0.0
+            n = 0
+            for i in range(s.scenes):
+                for a, b in zip(run(seed, i, ctrl), dense[i]):
+                    p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
+                    s_sum += float(ssim(a, b, 255.0).mean())
+                    n += 1
+            remove(model)
+            row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
+                       attn_error=attn_err[(m, r)], flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
+            done[(m, round(r, 4), seed)] = row
+            with open(rows_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            log.info("%s r %.2f seed %d: %.2f dB, attn error %.2f%%", m, r, seed, row["fidelity_PSNR"],
+                     row["attn_error"])
+    rows = [done[k] for k in sorted(done, key=lambda k: (k[2], s.methods.index(k[0]) if k[0] in s.methods else 99,
+                                                         k[1]))
+            if k[0] in s.methods and k[2] in s.seeds and any(math.isclose(k[1], r) for r in s.ratios)]
+    for r in rows:  # the measured column comes from the benchmark file given now (re-rendering picks up a new one)
+        r["time_ratio"] = times.get((r["method"], round(r["ratio"], 4)))
+    payload = dict(settings=dataclasses.asdict(s), fields=list(ROW_FIELDS), rows=rows)
+    with open(os.path.join(s.out, "front.json"), "w") as fh:
+        json.dump(payload, fh, indent=2, default=str)
+    plot_front(rows, os.path.join(s.out, "front.png"))
+    return payload
+
+
+def plot_front(rows: List[dict], path: str) -> Optional[str]:
+    """Fidelity PSNR against measured time and against counted FLOPs, one line per method (seed mean), the seeds'
+    range as a band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    panels = [("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
+              ("flops_ratio", "counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, (cost, label) in zip(axes, panels):
+        for m in methods:
+            pts: Dict[float, List[Tuple[float, float]]] = {}
+            for r in rows:
+                if r["method"] == m and r.get(cost) is not None:
+                    pts.setdefault(r["ratio"], []).append((r[cost], r["fidelity_PSNR"]))
+            if not pts:
+                continue
+            xs, mean, lo, hi = [], [], [], []
+            for ratio in sorted(pts):
+                v = pts[ratio]
+                xs.append(sum(p[0] for p in v) / len(v))
+                ys = [p[1] for p in v]
+                mean.append(sum(ys) / len(ys))
+                lo.append(min(ys))
+                hi.append(max(ys))
+            ax.plot(xs, mean, marker="o", label=m, lw=2.2 if m.startswith("coredit") else 1.4,
+                    ls="-" if m.startswith("coredit") else "--")
+            ax.fill_between(xs, lo, hi, alpha=0.15)
+        ax.set_xlabel(label)
+        ax.set_ylabel("fidelity PSNR to dense (dB, higher is better)")
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {cost} measured", ha="center", transform=ax.transAxes)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6; band: range over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["FRONT_METHODS", "FRONT_RATIOS", "FrontSettings", "equal_cost_wins", "flops_ratio", "interpolate",
+           "run_front"]
