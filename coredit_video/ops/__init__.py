@@ -4,10 +4,9 @@
 - :func:`select_tokens` ``sc -> keep_idx [F, N-K], skip_idx [F, K]``
 - :func:`reconstruct` ``y_keep [F, N-K, C] -> y [F, N, C]``
 """
-from .coherence import spatial_coherence
 from .partition import partition
 from .reconstruction import reconstruct
-from .selection import band_budgets, redundancy_increment, select_tokens
+from .selection import band_budgets, redundancy_increment, select_tokens, spatial_coherence
 
 __all__ = [
     "band_budgets",
