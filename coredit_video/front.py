@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("coredit.front")
 
-FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "todo")
+FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "todo",
+                 "coredit@block", "coredit_copy@block")
 FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio")
 
@@ -45,23 +46,34 @@ class FrontSettings:
     temperature: float = 0.05
 
     def __post_init__(self):
-        from .methods import method_names
+        from .methods import REGISTRY, method_names
 
-        unknown = sorted(set(self.methods) - set(method_names()))
+        unknown = sorted({split_line(m)[0] for m in self.methods} - set(method_names()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(method_names())}")
         bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
         if bad:
             raise ValueError(f"ratios must be in (0, 1), got {bad}")
+        no_block = [m for m in self.methods if split_line(m)[1] == "block"
+                    and not REGISTRY[split_line(m)[0]].supports_block_scope]
+        if no_block:
+            raise ValueError(f"{no_block}: these methods have no block scope")
         if self.scenes < 1 or not self.seeds:
             raise ValueError("the front needs at least one scene and one seed")
 
 
-def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, method: str) -> float:
-    """Counted FLOPs of the whole model with ``method`` at ``ratio`` over dense's (overhead included)."""
+def split_line(line: str) -> Tuple[str, str]:
+    """A front line ``"method"`` or ``"method@block"`` -> ``(method, scope)``."""
+    method, _, scope = line.partition("@")
+    return method, scope or "attention"
+
+
+def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: str) -> float:
+    """Counted FLOPs of the whole model with a front line at ``ratio`` over dense's (overhead included)."""
     from .flops import count_flops
 
-    res = count_flops(preset, resolution=resolution, ratios=ratio, method=method)
+    method, scope = split_line(line)
+    res = count_flops(preset, resolution=resolution, ratios=ratio, method=method, scope=scope)
     return 1.0 - float(res["total_reduction"])
 
 
@@ -73,11 +85,11 @@ def bench_time_ratios(path: Optional[str], resolution: Tuple[int, int]) -> Dict[
         data = json.load(f)
     rows = data.get("methods", data.get("rows", data)) if isinstance(data, dict) else data
     out = {}
+    want = "x".join(str(v) for v in resolution)
     for r in rows if isinstance(rows, list) else []:
-        res = tuple(r.get("resolution", ())) if isinstance(r.get("resolution"), (list, tuple)) else None
-        if res is not None and res != tuple(resolution):
-            continue
-        if r.get("pass", "forward") != "forward" or "time_ratio" not in r:
+        res = r.get("resolution")
+        res = "x".join(str(v) for v in res) if isinstance(res, (list, tuple)) else res
+        if res not in (None, want) or r.get("pass", "fwd") not in ("fwd", "forward") or r.get("time_ratio") is None:
             continue
         out[(r["method"], round(float(r["ratio"]), 4))] = float(r["time_ratio"])
     return out
@@ -197,7 +209,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             continue
         dense = {}
         ctrl = apply_pruning(model, base)
-        probe = AttentionErrorProbe(ctrl, s.methods, [float(r) for r in s.ratios], s.temperature)
+        attention_lines = [m for m in s.methods if split_line(m)[1] == "attention"]
+        probe = AttentionErrorProbe(ctrl, attention_lines, [float(r) for r in s.ratios], s.temperature)
         probe.attach()
         for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
             if i == s.probe_scenes:
@@ -207,7 +220,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         remove(model)
         attn_err = probe.errors()
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
-            ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, method=m))
+            method, scope = split_line(m)
+            ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, method=method, scope=scope))
             p_sum = s_sum = 0.0
             n = 0
             for i in range(s.scenes):
@@ -217,7 +231,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
                     n += 1
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=attn_err[(m, r)], flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
+                       attn_error=attn_err.get((m, r)), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -228,6 +242,9 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             if k[0] in s.methods and k[2] in s.seeds and any(math.isclose(k[1], r) for r in s.ratios)]
     for r in rows:  # the measured column comes from the benchmark file given now (re-rendering picks up a new one)
         r["time_ratio"] = times.get((r["method"], round(r["ratio"], 4)))
+        if r["time_ratio"] is None:  # a ratio the benchmark skipped: interpolated along the method's measured line
+            pts = sorted((k[1], v) for k, v in times.items() if k[0] == r["method"])
+            r["time_ratio"] = interpolate([p[0] for p in pts], [p[1] for p in pts], r["ratio"]) if pts else None
     payload = dict(settings=dataclasses.asdict(s), fields=list(ROW_FIELDS), rows=rows)
     with open(os.path.join(s.out, "front.json"), "w") as fh:
         json.dump(payload, fh, indent=2, default=str)

@@ -64,6 +64,7 @@ class StudySettings:
     variants: Sequence[str] = VARIANTS
     curve_ratios: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5)
     curve_methods: Sequence[str] = ("coredit", "tome")
+    rule: str = "coredit"  # the CoReDiT method of the coredit-family variants (e.g. coredit_merge)
     extra_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -77,6 +78,10 @@ class StudySettings:
                              "dense")
         if "self_matched" in self.variants and "cross_view_kv" not in self.variants:
             raise ValueError("variant self_matched matches cross_view_kv's FLOPs: include cross_view_kv")
+        from .methods import REGISTRY
+
+        if self.rule not in REGISTRY or not self.rule.startswith("coredit"):
+            raise ValueError(f"rule must be a CoReDiT method of the table, got {self.rule!r}")
         if not self.seeds:
             raise ValueError("give at least one seed")
         if self.scenes < 1 or self.nproc < 1:
@@ -84,11 +89,17 @@ class StudySettings:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def method_of(s: StudySettings, variant: str) -> str:
+    """The method a variant prunes with: ``s.rule`` for the CoReDiT-family variants, else its baseline's."""
+    method = METHOD_OF[variant]
+    return s.rule if method == "coredit" and variant != "dense" else method
+
+
 def train_options(s: StudySettings, variant: str, seed: int, work_dir: str,
                   coredit_plan: Optional[dict] = None, target_ratio: Optional[float] = None) -> Dict[str, Any]:
     """The ``--cfg-options`` of one fine-tuning run (DP only: the token-merging baseline has no SP path)."""
     opts: Dict[str, Any] = {"work_dir": work_dir, "seed": seed, "data.seed": s.world_seed, "parallel.sp_size": 1,
-                            "prune.method": METHOD_OF[variant]}
+                            "prune.method": method_of(s, variant)}
     if s.steps is not None:
         opts["train.steps"] = s.steps
     if variant == "dense":
@@ -315,7 +326,7 @@ def run_study(s: StudySettings, progress: bool = True) -> Dict[str, Any]:
         for v in ordered:  # dense first: the fine-tuned variants' fidelity reference
             plan = plans["coredit"] if v == "training_free" else plans[v]
             plan_path = os.path.join(work["coredit"] if v == "training_free" else work[v], "plan.json")
-            folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, METHOD_OF[v],
+            folder = videos(v, seed, "pretrained" if v == "training_free" else work[v], plan_path, method_of(s, v),
                             CROSS_VIEW_OF.get(v, "off"))
             folders[v] = folder
             ref_name = "dense" if v in FINETUNED and v != "dense" else "pretrained_dense"

@@ -131,3 +131,14 @@ def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
     for v in VARIANTS:
         assert f"| {v} |" in md
     assert (out / "quality_vs_ratio.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("variant,method", [("coredit", "coredit_merge"), ("uniform", "coredit_merge"),
+                                            ("cross_view_qkv", "coredit_merge"), ("tome", "tome"),
+                                            ("random", "random"), ("dense", "coredit")])
+def test_rule_replaces_the_paper_rule_of_the_coredit_variants_only(variant, method):
+    s = StudySettings(config=CONFIG, rule="coredit_merge")
+    opts = train_options(s, variant, 0, "/tmp/x", {"mean_ratio": 0.3})
+    assert opts["prune.method"] == method
+    with pytest.raises(ValueError, match="rule"):
+        StudySettings(config=CONFIG, rule="tome")

@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--curve-ratios", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--curve-methods", nargs="*", default=["coredit", "tome"], choices=["coredit", "tome"])
+    ap.add_argument("--rule", default="coredit",
+                    help="the CoReDiT method of the coredit, training_free, uniform and cross-view variants "
+                         "(e.g. coredit_merge; default: the paper's rule)")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                     help="override keys of --config for every run (e.g. data.image_hw=(32,56))")
     args = ap.parse_args(argv)
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
         settings = StudySettings(config=args.config, eval_config=args.eval_config, out=args.out, seeds=args.seeds,
                                  world_seed=args.world_seed, scenes=args.scenes, steps=args.steps,
                                  sampling_steps=args.sampling_steps, nproc=args.nproc, variants=args.variants,
-                                 curve_ratios=args.curve_ratios, curve_methods=args.curve_methods,
+                                 curve_ratios=args.curve_ratios, curve_methods=args.curve_methods, rule=args.rule,
                                  extra_options=dict(args.cfg_options))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
