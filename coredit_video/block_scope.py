@@ -9,7 +9,10 @@ schedule and late-step decay as attention scope). The skipped tokens' residual `
 method's restoration rule (eq. 3 for ``coredit``) from the retained tokens' residuals.
 
 The adapter says where a block's arguments sit (:attr:`~coredit_video.adapters.base.HostAdapter.block_args`:
-positions and names of ``x``, ``T`` and ``S``); nothing of the block's code changes.
+positions and names of ``x``, ``T`` and ``S``); nothing of the block's code changes. A block that returns a tuple
+(MagicDrive-V2's control blocks return ``(x, after_proj(x))``) needs ``block_args["derived"] = (i, name)``: element
+0 is the block output (its residual rebuilt as above) and element ``i`` is ``block.<name>`` of it, recomputed on the
+rebuilt output so that every token keeps ``out[i] == block.<name>(out[0])``.
 """
 from __future__ import annotations
 
@@ -62,9 +65,21 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
-    out_kept = forward(block, *args, **kwargs).reshape(BN * T, R, C)
+    out = forward(block, *args, **kwargs)
+    derived = None
+    if isinstance(out, (tuple, list)):
+        derived = spec.get("derived")
+        if derived is None or len(out) != 2 or derived[0] != 1:
+            raise ValueError(f"{controller.names[ordinal]}: the block returns {len(out)} outputs; block scope rebuilds "
+                             "the first and needs the adapter's block_args['derived'] = (1, name) for the other "
+                             "(output 1 = block.<name>(output 0)); use scope='attention'")
+        out = out[0]
+    out_kept = out.reshape(BN * T, R, C)
     residual = method.restore(out_kept - kept, frames, sel, None, geo)  # [BN*T, S, C]
-    return (frames + residual).reshape(BN, L, C)
+    full = (frames + residual).reshape(BN, L, C)
+    if derived is None:
+        return full
+    return full, getattr(block, derived[1])(full)
 
 
 @dataclass(eq=False)

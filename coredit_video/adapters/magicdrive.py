@@ -95,7 +95,7 @@ def _sp_group_of(model):
 class MagicDriveV2Adapter(HostAdapter):
     default_groups = ("base_blocks_s", "control_blocks_s")
     # MultiViewSTDiT3Block.forward(x, y, t, mask, x_mask, t0, T, S, NC, mv_order_map, t_order_map)
-    block_args = {"x": (0, "x"), "T": (6, "T"), "S": (7, "S")}
+    block_args = {"x": (0, "x"), "T": (6, "T"), "S": (7, "S"), "derived": (1, "after_proj")}  # control: (x, skip)
 
     def matches(self, model) -> bool:
         return any(cls.__name__ in CLASS_NAMES for cls in type(model).__mro__)
