@@ -10,9 +10,9 @@ method's restoration rule (eq. 3 for ``coredit``) from the retained tokens' resi
 
 The adapter says where a block's arguments sit (:attr:`~coredit_video.adapters.base.HostAdapter.block_args`:
 positions and names of ``x``, ``T`` and ``S``); nothing of the block's code changes. A block that returns a tuple
-(MagicDrive-V2's control blocks return ``(x, after_proj(x))``) needs ``block_args["derived"] = (i, name)``: element
-0 is the block output (its residual rebuilt as above) and element ``i`` is ``block.<name>`` of it, recomputed on the
-rebuilt output so that every token keeps ``out[i] == block.<name>(out[0])``.
+(MagicDrive-V2's control blocks return ``(x, after_proj(x))``) needs ``block_args["derived"] = (1, name)``: element
+0 is the block output (its residual rebuilt as above) and element 1 is ``block.<name>`` of it, recomputed on the
+rebuilt output so that every token keeps ``out[1] == block.<name>(out[0])``.
 """
 from __future__ import annotations
 
