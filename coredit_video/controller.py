@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .config import PruneConfig
@@ -53,6 +54,11 @@ class PruningController:
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__, sp_group=None)  # a process group belongs to a process: rebound on first use
+
+    @property
+    def sp_group_size(self) -> int:
+        """Ranks in the host's sequence-parallel group (1 without one)."""
+        return dist.get_world_size(self.sp_group) if self.sp_group is not None else 1
 
     @property
     def handles(self) -> list:
