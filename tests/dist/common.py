@@ -14,7 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BANDS = 4
 GRIDS = [((4, 4), (3, 3)), ((5, 3), (3, 3))]
 STRIDE = 3  # 5 rows per band: SP ranks start at rows 5, 10, 15, none a multiple of m, so a wrong shift shows
-MODES = {"dense": None, "ratio0": 0.0, "ratio0.3": 0.3}
+# mode -> ratio (None: not patched), or (ratio, method) for a method beyond the paper that runs under SP
+MODES = {"dense": None, "ratio0": 0.0, "ratio0.3": 0.3, "copy0.3": (0.3, "coredit_copy"),
+         "sharp0.3": (0.3, "coredit_sharp")}
 
 
 def load_tool(name: str):
@@ -47,7 +49,8 @@ def patch(model, mode: str):
     ratio = MODES[mode]
     if ratio is None:
         return None
-    return cv.apply(model, dict(ratios=ratio, bands=BANDS, grids=GRIDS, stride=STRIDE))
+    ratio, method = ratio if isinstance(ratio, tuple) else (ratio, "coredit")
+    return cv.apply(model, dict(ratios=ratio, bands=BANDS, grids=GRIDS, stride=STRIDE, method=method))
 
 
 def loss_of(out: torch.Tensor) -> torch.Tensor:

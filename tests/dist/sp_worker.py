@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from coredit_video.parallel import destroy_parallel, init_parallel
-from tests.dist.common import GRIDS, MODES, STRIDE, build_host, patch, run_modes
+from tests.dist.common import BANDS, GRIDS, MODES, STRIDE, build_host, patch, run_modes
 
 
 def main(path: str) -> None:
@@ -52,6 +52,15 @@ def errors(st) -> dict:
         cv.apply(model, dict(ratios=0.3, bands=st.sp_size // 2, grids=GRIDS, stride=STRIDE))
     except ValueError as e:
         out["bands"] = str(e)
+    from coredit_video.methods import REGISTRY
+
+    for name, cls in REGISTRY.items():  # methods without an SP path are refused in one line
+        if not cls.supports_sp:
+            try:
+                cv.apply(model, dict(ratios=0.3, bands=BANDS, grids=GRIDS, stride=STRIDE, method=name))
+            except ValueError as e:
+                out[f"method_{name}"] = str(e)
+            cv.remove(model)
     try:  # heads must split over the SP ranks
         MultiViewSTDiT(host_config("tiny", num_heads=st.sp_size // 2 or 1, hidden=66 if st.sp_size == 4 else 63)
                        ).set_sequence_parallel(st.sp_group)
