@@ -22,7 +22,8 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .execution import rank_call
+from . import kernels
+from .execution import rank_call, sp_size_of
 from .methods import gather_tokens
 
 
@@ -48,18 +49,16 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     call = rank_call(controller, ordinal, frames, "block")
     geo, method = call.geo, controller.method
     forward = type(block).forward
+    sc = None
+    if geo.skipped or controller.collecting_stats:  # the schedule's statistics are recorded at ratio 0 too
+        sc = kernels.spatial_coherence(frames, geo.hw, geo.block.grid, geo.bands)
+    if controller.collecting_stats:
+        controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
     if geo.skipped == 0:
         return forward(block, *args, **kwargs)
     if call.counts is not None and len(set(call.counts)) > 1:
         raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
                          f"counts on every rank, got {call.counts}; lower the ratio (or use scope='attention')")
-    from . import kernels
-
-    sc = kernels.spatial_coherence(frames, geo.hw, geo.block.grid, geo.bands)
-    if controller.collecting_stats:
-        from .execution import sp_size_of
-
-        controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
     sel = method.select(frames, geo, sc)
     kept = gather_tokens(frames, sel.keep)  # [BN*T, S', C]
     R = kept.shape[1]

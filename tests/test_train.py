@@ -94,3 +94,18 @@ def test_bad_config_value_fails_at_start_naming_the_key(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "schedule.interval" in proc.stderr
+
+
+def test_block_scope_progressive_fine_tune_with_distillation_under_sp(tmp_path):
+    """Block scope trains end to end on the embedded default: SP=2, the progressive schedule raises ratios from the
+    statistics block scope records, and L_attn compares the most recently pruned spatial block's outputs."""
+    work = tmp_path / "block"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "tools", "train.py"), CONFIG, "--work-dir", str(work), "--cfg-options", "train.steps=4",
+           "train.ckpt_every=100", *QUICK, "prune.scope=block", "parallel.sp_size=2"]
+    subprocess.run(cmd, env=_env(), check=True, cwd=REPO, capture_output=True, timeout=600)
+    plan = json.loads((work / "plan.json").read_text())
+    assert plan["mean_ratio"] > 0  # the schedule raised ratios from block scope's statistics
+    attn = [float(m.group(1)) for m in (re.search(r"\(ori \S+ pred \S+ attn ([0-9.e+-]+)\)", ln) for ln in
+                                        (work / "train.log").read_text().splitlines()) if m]
+    assert attn and attn[-1] > 0  # distillation on the most recently pruned block's outputs

@@ -98,9 +98,13 @@ def end_step(controller, schedule):
 
 
 def last_pruned_block(controller, schedule) -> Optional[str]:
-    """Name of the block the schedule raised most recently (``L_attn``'s block), ``None`` before any."""
+    """Name of the module the schedule raised most recently (``L_attn``'s): its self-attention, or in block scope
+    the whole spatial block (whose self-attention sees only the retained tokens); ``None`` before any."""
     last = schedule.state.last_pruned
-    return controller.names[last] if last is not None else None
+    if last is None:
+        return None
+    name = controller.names[last]
+    return name.rsplit(".", 1)[0] if controller.cfg.scope == "block" else name
 
 
 # ------------------------------------------------------------------------------------------ distillation
@@ -127,7 +131,7 @@ class BlockCapture:
 
     @staticmethod
     def _keep(store: List[torch.Tensor]):
-        return lambda module, args, out: store.append(out)
+        return lambda module, args, out: store.append(out[0] if isinstance(out, tuple) else out)
 
     def close(self) -> None:
         for h in self._handles:
