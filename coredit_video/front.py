@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("coredit.front")
 
-FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "todo",
-                 "coredit@block", "coredit_copy@block")
+FRONT_METHODS = ("coredit", "coredit_copy", "coredit_merge", "coredit_kv", "tome", "todo", "coredit@block",
+                 "coredit_copy@block")
 FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio")
 
@@ -37,6 +37,8 @@ class FrontSettings:
     scenes: int = 8
     seed_offset: int = 1000
     probe_scenes: int = 2
+    probe_every: int = 1  # measure the attention error on every k-th model forward of the probe scenes
+    probe_methods: Sequence[str] = ()  # measured by the probe only (no generation), e.g. coredit_sharp
     sampling_steps: Optional[int] = None
     methods: Sequence[str] = FRONT_METHODS
     ratios: Sequence[float] = FRONT_RATIOS
@@ -128,7 +130,7 @@ class AttentionErrorProbe:
     """Recomputes every spatial self-attention call of a (dense) generation with each (method, ratio) and sums
     ``|Y_hat - Y|^2`` and ``|Y|^2``; the generation itself stays dense."""
 
-    def __init__(self, ctrl, methods: Sequence[str], ratios: Sequence[float], temperature: float):
+    def __init__(self, ctrl, methods: Sequence[str], ratios: Sequence[float], temperature: float, every: int = 1):
         from .methods import build_method
 
         self.ctrl = ctrl
@@ -137,6 +139,7 @@ class AttentionErrorProbe:
         self.ratios = list(ratios)
         self.err = {(m, r): 0.0 for m in methods for r in ratios}
         self.energy = 0.0
+        self.every, self.calls = max(1, int(every)), 0
 
     def __call__(self, ordinal: int, attn, x):
         from .attention import dense_self_attention, pruned_self_attention
@@ -144,6 +147,9 @@ class AttentionErrorProbe:
         ctrl = self.ctrl
         hw, geo = ctrl.context.hw, ctrl.geometries[ordinal]
         y = dense_self_attention(attn, x)
+        self.calls += 1
+        if ((self.calls - 1) // len(ctrl.modules)) % self.every:  # measured on every k-th model forward only
+            return y
         self.energy += float(y.float().pow(2).sum())
         for m, method in self.methods.items():
             for r in self.ratios:
@@ -182,7 +188,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
     bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, s.scenes, s.seed_offset), tcfg.seed)
     bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
     model = bundle.model.eval()
-    base = dataclasses.replace(tcfg.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature)
+    base = dataclasses.replace(tcfg.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature,
+                               max_ratio=max(tcfg.prune.max_ratio, *[float(r) for r in s.ratios]))
     rows_path = os.path.join(s.out, "front_rows.jsonl")
     done: Dict[Tuple[str, float, int], dict] = {}
     if os.path.isfile(rows_path):
@@ -210,7 +217,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         dense = {}
         ctrl = apply_pruning(model, base)
         attention_lines = [m for m in s.methods if split_line(m)[1] == "attention"]
-        probe = AttentionErrorProbe(ctrl, attention_lines, [float(r) for r in s.ratios], s.temperature)
+        probe = AttentionErrorProbe(ctrl, list(dict.fromkeys([*attention_lines, *s.probe_methods])),
+                                    [float(r) for r in s.ratios], s.temperature, s.probe_every)
         probe.attach()
         for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
             if i == s.probe_scenes:
@@ -219,6 +227,9 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             dense[i] = run(seed, i, ctrl)
         remove(model)
         attn_err = probe.errors()
+        with open(os.path.join(s.out, f"attn_error_seed{seed}.json"), "w") as fh:
+            json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in attn_err.items()], fh,
+                      indent=1)
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
             method, scope = split_line(m)
             ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, method=method, scope=scope))

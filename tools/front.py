@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds")
     ap.add_argument("--scenes", type=int, default=8, help="held-out scenes (seed offset 1000)")
     ap.add_argument("--probe-scenes", type=int, default=2, help="scenes whose dense trajectory gives attn_error")
+    ap.add_argument("--probe-every", type=int, default=1, help="attn_error on every k-th model forward")
+    ap.add_argument("--probe-methods", default="", help="methods measured by the probe only (comma-separated)")
     ap.add_argument("--sampling-steps", type=int, default=None, help="default: rflow.num_sampling_steps")
     ap.add_argument("--methods", default=",".join(FRONT_METHODS), help="comma-separated")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(FRONT_RATIOS))
@@ -58,7 +60,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         s = FrontSettings(config=args.config, out=args.out, seeds=args.seeds, scenes=args.scenes,
-                          probe_scenes=args.probe_scenes, sampling_steps=args.sampling_steps,
+                          probe_scenes=args.probe_scenes, probe_every=args.probe_every,
+                          probe_methods=[m for m in args.probe_methods.split(",") if m],
+                          sampling_steps=args.sampling_steps,
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
                           bench_json=args.bench_json, temperature=args.temperature)
     except ValueError as e:
