@@ -4,22 +4,8 @@ import torch
 
 import coredit_video as cv
 from coredit_video import ops
-from coredit_video.embedded.host import MultiViewSTDiT, host_config
+from tests.test_cross_view import GRIDS, HX, WX, T, build, inputs
 
-GRIDS = [((4, 4), (2, 2)), ((3, 4), (3, 2))]
-B, NC, T, HX, WX = 1, 6, 2, 16, 20  # 8 x 10 tokens per frame
-
-
-def build(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MultiViewSTDiT(host_config("tiny", **overrides)).eval()
-
-
-def inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return dict(x=torch.randn(B, NC, 4, T, HX, WX, generator=g), timestep=torch.tensor([300.0] * B),
-                y=torch.randn(B, 5, 32, generator=g), cams=torch.randn(B, NC, 12, generator=g),
-                bev_map=torch.randn(B, 3, 16, 16, generator=g))
 
 
 def prune(model, ratio=0.3, **extra):
