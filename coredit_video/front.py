@@ -215,19 +215,27 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         if not todo:
             continue
         dense = {}
-        ctrl = apply_pruning(model, base)
+        err_path = os.path.join(s.out, f"attn_error_seed{seed}.json")
+        known: Dict[Tuple[str, float], float] = {}
+        if os.path.isfile(err_path):  # a resumed run keeps the errors it measured
+            with open(err_path) as fh:
+                known = {(e["method"], round(e["ratio"], 4)): e["attn_error"] for e in json.load(fh)}
         attention_lines = [m for m in s.methods if split_line(m)[1] == "attention"]
-        probe = AttentionErrorProbe(ctrl, list(dict.fromkeys([*attention_lines, *s.probe_methods])),
-                                    [float(r) for r in s.ratios], s.temperature, s.probe_every)
-        probe.attach()
+        wanted = list(dict.fromkeys([*attention_lines, *s.probe_methods]))
+        missing = [m for m in wanted if any((m, round(float(r), 4)) not in known for r in s.ratios)]
+        ctrl = apply_pruning(model, base)
+        probe = AttentionErrorProbe(ctrl, missing, [float(r) for r in s.ratios], s.temperature, s.probe_every)
+        if missing:
+            probe.attach()
         for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
             if i == s.probe_scenes:
                 remove(model)  # the remaining dense scenes without the probe
                 ctrl = apply_pruning(model, base)
             dense[i] = run(seed, i, ctrl)
         remove(model)
-        attn_err = probe.errors()
-        with open(os.path.join(s.out, f"attn_error_seed{seed}.json"), "w") as fh:
+        known.update({(m, round(r, 4)): v for (m, r), v in probe.errors().items()} if missing else {})
+        attn_err = {(m, r): v for (m, r), v in known.items()}
+        with open(err_path, "w") as fh:
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in attn_err.items()], fh,
                       indent=1)
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
@@ -242,7 +250,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
                     n += 1
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=attn_err.get((m, r)), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
+                       attn_error=attn_err.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
