@@ -301,15 +301,19 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
                 mean.append(sum(ys) / len(ys))
                 lo.append(min(ys))
                 hi.append(max(ys))
-            ax.plot(xs, mean, marker="o", label=m, lw=2.2 if m.startswith("coredit") else 1.4,
-                    ls="-" if m.startswith("coredit") else "--")
-            ax.fill_between(xs, lo, hi, alpha=0.15)
+            color = plt.get_cmap("tab10")(methods.index(m) % 10)
+            ax.plot(xs, mean, marker="o", label=m, color=color, lw=2.2 if m.startswith("coredit") else 1.4,
+                    ls=":" if "@block" in m else "-" if m.startswith("coredit") else "--")
+            ax.fill_between(xs, lo, hi, alpha=0.15, color=color)
         ax.set_xlabel(label)
         ax.set_ylabel("fidelity PSNR to dense (dB, higher is better)")
         ax.grid(alpha=0.3)
-        if not ax.lines:
-            ax.text(0.5, 0.5, f"no {cost} measured", ha="center", transform=ax.transAxes)
-    axes[0].legend(fontsize=8)
+        missing = [m for m in methods if not any(r["method"] == m and r.get(cost) is not None for r in rows)]
+        if missing:
+            ax.text(0.01, 0.01, f"not measured: {', '.join(missing)}", fontsize=7, transform=ax.transAxes)
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6; band: range over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
