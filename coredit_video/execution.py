@@ -84,7 +84,7 @@ def run_self_attention(controller, ordinal: int, attn: nn.Module, x: torch.Tenso
             raise ValueError(f"prune.method={method.name!r} runs without sequence parallelism; set "
                              "parallel.sp_size=1 or pick a method that supports it")
         group, counts = controller.sp_group, call.counts
-        attend = lambda a, red: sp_self_attention(a, red.q, group, counts, cfg.backend)  # noqa: E731
+        attend = lambda a, red: sp_self_attention(a, red.q, group, counts, cfg.backend, red.log_size)  # noqa: E731
     res = pruned_self_attention(attn, x, geo.hw, geo.ratio, geo.block, geo.bands, cfg.backend, attend=attend,
                                 budgets=geo.budgets, method=method, scores=controller.collecting_stats)
     if res.scores is not None:

@@ -58,7 +58,7 @@ def test_sp_layout_errors_name_the_fix(sp_run):
     from coredit_video.methods import REGISTRY
 
     no_sp = sorted(n for n, c in REGISTRY.items() if not c.supports_sp)
-    assert {"tome", "todo", "coredit_kv", "coredit_merge"} <= set(no_sp)
+    assert {"tome", "todo", "coredit_kv"} <= set(no_sp)
     for name in no_sp:  # one line naming the fix
         msg = got["errors"][f"method_{name}"]
         assert "\n" not in msg and "parallel.sp_size=1" in msg and repr(name) in msg, msg

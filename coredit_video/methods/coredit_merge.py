@@ -4,8 +4,8 @@ proportional attention), and after attention a skipped token takes its target's 
 holds no retained token is not merged and is rebuilt by eq. 3 (its grid, then its band).
 
 Gradients flow to every input through the averages (as in ToMe), to the retained outputs through the copy; the
-choice of targets is not differentiated. Linear in N. Not under sequence parallelism (the SP all-to-all carries no
-attention bias)."""
+choice of targets is not differentiated. Linear in N. Under sequence parallelism the keys' ``log(size)`` crosses
+the all-to-all beside them (every rank's targets are in its own bands)."""
 from __future__ import annotations
 
 import torch
@@ -17,7 +17,6 @@ from .coredit_copy import copy_restore, nearest_retained
 
 class CoReDiTMerge(CoReDiT):
     name = "coredit_merge"
-    supports_sp = False
     supports_cross_view = False
     supports_block_scope = False  # the unchanged block forward takes no proportional-attention bias
 

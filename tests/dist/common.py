@@ -16,7 +16,7 @@ GRIDS = [((4, 4), (3, 3)), ((5, 3), (3, 3))]
 STRIDE = 3  # 5 rows per band: SP ranks start at rows 5, 10, 15, none a multiple of m, so a wrong shift shows
 # mode -> ratio (None: not patched), or (ratio, method) for a method beyond the paper that runs under SP
 MODES = {"dense": None, "ratio0": 0.0, "ratio0.3": 0.3, "copy0.3": (0.3, "coredit_copy"),
-         "sharp0.3": (0.3, "coredit_sharp")}
+         "sharp0.3": (0.3, "coredit_sharp"), "merge0.3": (0.3, "coredit_merge")}
 
 
 def load_tool(name: str):
