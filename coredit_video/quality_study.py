@@ -116,6 +116,8 @@ def train_options(s: StudySettings, variant: str, seed: int, work_dir: str,
             raise ValueError("the self_matched variant needs its FLOPs-matched target ratio")
         opts["schedule.target_ratio"] = target_ratio
     opts.update(s.extra_options)
+    if variant == "dense":  # the reference stays dense whatever --cfg-options set for the pruned variants
+        opts.update({"prune.ratios": 0.0, "schedule.target_ratio": 0.0})
     return opts
 
 

@@ -133,6 +133,13 @@ def test_ablate_smoke_every_variant_runs_and_the_report_is_complete(tmp_path):
     assert (out / "quality_vs_ratio.png").stat().st_size > 1000
 
 
+def test_dense_stays_dense_whatever_the_extra_options_say():
+    s = StudySettings(config=CONFIG, extra_options={"schedule.target_ratio": 0.5, "prune.ratios": 0.1})
+    opts = train_options(s, "dense", 0, "/tmp/x")
+    assert opts["schedule.target_ratio"] == 0.0 and opts["prune.ratios"] == 0.0
+    assert train_options(s, "coredit", 0, "/tmp/x")["schedule.target_ratio"] == 0.5
+
+
 @pytest.mark.parametrize("variant,method", [("coredit", "coredit_merge"), ("uniform", "coredit_merge"),
                                             ("cross_view_qkv", "coredit_merge"), ("tome", "tome"),
                                             ("random", "random"), ("dense", "coredit")])
