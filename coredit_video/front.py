@@ -46,6 +46,7 @@ class FrontSettings:
     bench_resolution: Tuple[int, int] = (848, 1600)
     preset: str = "magicdrive-v2-xl"
     temperature: float = 0.05
+    render_only: bool = False  # write front.json / .png from the rows measured so far, measure nothing
 
     def __post_init__(self):
         from .methods import REGISTRY, method_names
@@ -186,7 +187,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
     rflow = tcfg.rflow if s.sampling_steps is None else \
         dataclasses.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
     bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, s.scenes, s.seed_offset), tcfg.seed)
-    bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
+    if not s.render_only:
+        bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
     model = bundle.model.eval()
     base = dataclasses.replace(tcfg.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature,
                                max_ratio=max(tcfg.prune.max_ratio, *[float(r) for r in s.ratios]))
@@ -210,7 +212,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         video = bundle.codec.decode(z)[0] if bundle.codec is not None else z[0]
         return [to_uint8_frames(v) for v in video]  # per view [T, H, W, 3]
 
-    for seed in s.seeds:
+    for seed in [] if s.render_only else s.seeds:
         todo = [(m, float(r)) for m in s.methods for r in s.ratios if (m, round(float(r), 4), seed) not in done]
         if not todo:
             continue

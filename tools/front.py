@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(FRONT_METHODS), help="comma-separated")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(FRONT_RATIOS))
     ap.add_argument("--bench-json", default=None, help="tools/bench_attention.py --json output: the time_ratio column")
+    ap.add_argument("--render-only", action="store_true",
+                    help="write front.json / front.png / front.md from the rows measured so far (no sampling)")
     ap.add_argument("--temperature", type=float, default=0.05, help="coredit_sharp's temperature")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.config):
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
                           probe_methods=[m for m in args.probe_methods.split(",") if m],
                           sampling_steps=args.sampling_steps,
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
-                          bench_json=args.bench_json, temperature=args.temperature)
+                          bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
