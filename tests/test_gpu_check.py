@@ -34,7 +34,7 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     parts = {ln.split("]")[0].lstrip("["): ln for ln in proc.stdout.splitlines() if ln.startswith("[")}
     for name in ("tests", "attention_eager", "attention_compiled_424x800", "attention_compiled_848x1600",
-                 "attention_methods", "e2e"):
+                 "attention_methods", "e2e", "e2e_block_scope"):
         assert "timeout -k 10 " in parts[name] and f"{out}/{name}.log" in parts[name]
     assert "tests/test_kernels.py" in parts["tests"] and "tests/test_attention_backends_cuda.py" in parts["tests"]
     eager = parts["attention_eager"]
@@ -51,10 +51,15 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
         assert arg in methods
     assert "--compile" not in methods and "timeout -k 10 75 " in methods
     limits = [int(ln.split("timeout -k 10 ")[1].split()[0]) for ln in parts.values()]
-    assert sum(limits) - 77 + 135 <= 10 * 60  # worst case with the default limits, under 10 minutes
+    assert sum(limits) - 77 + 105 <= 10 * 60  # worst case with the default limits (T_E2E 105), at most 10 minutes
     assert "timeout -k 10 77 " in parts["e2e"]  # limits come from the environment
     assert "--resolution 848x1600" in parts["e2e"] and "|| " in parts["e2e"]  # then the smaller shape
     assert parts["e2e"].count("--cross-view qkv") == 2  # dense, self-only and + cross-view at 848x1600 (or 424x800)
+    block = parts["e2e_block_scope"]  # dense, attention scope (qkv) and block scope, interleaved in one run
+    for arg in ("tools/bench_e2e.py --scope block", "--preset xl", "--resolutions 848x1600,424x800",
+                "--ratios 0.4,0.5", "--cross-view qkv", "--dtype bfloat16", "--no-split", f"--out {out}",
+                "--tag gpu_block_scope", "timeout -k 10 80 "):
+        assert arg in block
     assert not out.exists()  # nothing ran
 
 

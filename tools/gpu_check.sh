@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The first thing to run on a CUDA machine: GPU-only tests, the attention benchmark (CoReDiT against dense
-# and ideal, then every token-reduction method's cost as paid) and the end-to-end step, each under its own
-# time limit, all results (logs, JSON, Markdown) in OUT_DIR.
+# and ideal, then every token-reduction method's cost as paid) and the end-to-end step (attention scope, then
+# attention scope against block scope), each under its own time limit, all results (logs, JSON, Markdown) in OUT_DIR.
 #
-#   bash tools/gpu_check.sh OUT_DIR            # at most ~9.5 min on one H100 / H200
+#   bash tools/gpu_check.sh OUT_DIR            # at most ~10 min on one H100 / H200
 #   bash tools/gpu_check.sh --dry-run OUT_DIR  # print the commands, run nothing (no GPU needed)
 #
 # Needs torch with CUDA (Triton for the kernel tests) and pytest; nothing else of the project's
 # dependencies (no mmengine, DeepSpeed, xformers or flash-attn). Wheels for anything missing (pytest and
 # its dependencies, say) may be brought in a `.whl/` folder at the repository root (never committed):
 # they are installed offline into /tmp/site. Time limits (seconds) can be changed through the
-# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_ATTN_METHODS, T_E2E. A part
+# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_ATTN_METHODS, T_E2E, T_E2E_BLOCK. A part
 # that fails or times out is marked so in OUT_DIR/SUMMARY.md and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +23,13 @@ if [ $# -ne 1 ] || [ "${1:0:1}" = "-" ]; then
 fi
 OUT=$1
 PY=${PYTHON:-python3}
-# worst case, every part at its limit: 80 + 80 + 2 x 90 + 75 + 135 s = 9.2 min (+ 10 s kill grace each)
+# worst case, every part at its limit: 80 + 80 + 2 x 90 + 75 + 105 + 80 s = 10.0 min (+ 10 s kill grace each)
 T_TESTS=${T_TESTS:-80}
 T_ATTN=${T_ATTN:-80}
 T_ATTN_COMPILE=${T_ATTN_COMPILE:-90}
 T_ATTN_METHODS=${T_ATTN_METHODS:-75}
-T_E2E=${T_E2E:-135}
+T_E2E=${T_E2E:-105}
+T_E2E_BLOCK=${T_E2E_BLOCK:-80}
 
 if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
   if [ $DRY = 1 ]; then
@@ -58,6 +59,9 @@ PARTS=(
   "attention_methods|$T_ATTN_METHODS|$PY tools/bench_attention.py --methods coredit,coredit_copy,coredit_sharp,coredit_merge,coredit_kv,tome,todo --ratios 0.2,0.4,0.6 --passes fwd,fwd+bwd --dtype bfloat16 --resolutions 848x1600,424x800 --no-split --warmup 1 --repeats 5 --out $OUT --tag gpu_methods"
   # dense, self-attention pruned and self + cross-view (qkv) pruned, interleaved in one run (issue 14)
   "e2e|$T_E2E|$PY $E2E --resolution 848x1600 --cross-view qkv --tag gpu_848x1600 || $PY $E2E --resolution 424x800 --cross-view qkv --tag gpu_424x800"
+  # dense, attention scope (self + cross-view qkv) and block scope at r 0.4 / 0.5, interleaved; 848x1600 first (the
+  # report is rewritten after each resolution, so a timeout keeps it); no module split (its hooks synchronise)
+  "e2e_block_scope|$T_E2E_BLOCK|$PY tools/bench_e2e.py --scope block --preset xl --resolutions 848x1600,424x800 --ratios 0.4,0.5 --cross-view qkv --dtype bfloat16 --no-split --out $OUT --tag gpu_block_scope"
 )
 
 if [ $DRY = 1 ]; then
