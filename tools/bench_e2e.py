@@ -205,21 +205,23 @@ def memory_cpu(argv, variant: str, extra=()) -> dict:
     return json.loads(out)
 
 
+def step_memory_cuda(model, inputs, cfg) -> dict:
+    """Peak CUDA memory of one forward step, pruned by ``cfg`` (``None``: dense), in bytes."""
+    if cfg is not None:
+        cv.apply(model, cfg).set_step(0, 30)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        model(**inputs)
+    torch.cuda.synchronize()
+    cv.remove(model)
+    return {"before": before, "peak": torch.cuda.max_memory_allocated(),
+            "step_peak": torch.cuda.max_memory_allocated() - before}
+
+
 def memory_cuda(model, inputs, args, plan, variants) -> dict:
-    res = {}
-    for variant in variants:
-        if variant != "dense":
-            cv.apply(model, prune_cfg(args, plan, variant)).set_step(0, 30)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        with torch.no_grad():
-            model(**inputs)
-        torch.cuda.synchronize()
-        res[variant] = {"before": before, "peak": torch.cuda.max_memory_allocated(),
-                        "step_peak": torch.cuda.max_memory_allocated() - before}
-        cv.remove(model)
-    return res
+    return {v: step_memory_cuda(model, inputs, None if v == "dense" else prune_cfg(args, plan, v)) for v in variants}
 
 
 def command_line(argv) -> str:
@@ -555,17 +557,8 @@ def scope_memory(args, raw, model, inputs, n_blocks, variants, resolution) -> di
     for mode, ratio in variants:
         key = variant_key(mode, ratio)
         if model is not None and next(model.parameters()).device.type == "cuda":
-            if mode != "dense":
-                cv.apply(model, scope_prune_cfg(args, mode, ratio, n_blocks)).set_step(0, 30)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            with torch.no_grad():
-                model(**inputs)
-            torch.cuda.synchronize()
-            res[key] = {"before": before, "peak": torch.cuda.max_memory_allocated(),
-                        "step_peak": torch.cuda.max_memory_allocated() - before}
-            cv.remove(model)
+            cfg = None if mode == "dense" else scope_prune_cfg(args, mode, ratio, n_blocks)
+            res[key] = step_memory_cuda(model, inputs, cfg)
         else:
             extra = ["--resolution", resolution] + ([] if ratio is None else ["--ratio", repr(ratio)])
             res[key] = memory_cpu(raw, mode, extra)
