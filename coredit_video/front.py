@@ -135,8 +135,7 @@ class AttentionErrorProbe:
         from .methods import build_method
 
         self.ctrl = ctrl
-        self.methods = {m: build_method(m, temperature=temperature) if m == "coredit_sharp" else build_method(m)
-                        for m in methods}
+        self.methods = {m: build_method(m, temperature=temperature) for m in methods}
         self.ratios = list(ratios)
         self.err = {(m, r): 0.0 for m in methods for r in ratios}
         self.energy = 0.0

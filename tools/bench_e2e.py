@@ -224,6 +224,15 @@ def memory_cuda(model, inputs, args, plan, variants) -> dict:
     return {v: step_memory_cuda(model, inputs, None if v == "dense" else prune_cfg(args, plan, v)) for v in variants}
 
 
+def machine_meta(device, dtype, args, cfg) -> dict:
+    """The run's machine, software and host-model fields shared by both benchmarks' ``meta``."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)",
+            "torch": torch.__version__, "python": platform.python_version(), "triton": kernels.HAS_TRITON,
+            "dtype": str(dtype).replace("torch.", ""), "preset": args.preset, "hidden": cfg.hidden,
+            "depth": cfg.depth, "control_depth": cfg.control_depth, "heads": cfg.num_heads}
+
+
 def command_line(argv) -> str:
     from bench_util import command_line as _command_line
 
@@ -356,11 +365,7 @@ def main(argv=None) -> dict:
             memory = {v: memory_cpu([a for a in raw], v) for v in variants}
     result = {
         "meta": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)",
-            "torch": torch.__version__, "python": platform.python_version(), "triton": kernels.HAS_TRITON,
-            "dtype": str(dtype).replace("torch.", ""), "preset": args.preset, "hidden": cfg.hidden,
-            "depth": cfg.depth, "control_depth": cfg.control_depth, "heads": cfg.num_heads,
+            **machine_meta(device, dtype, args, cfg),
             "resolution": args.resolution, "tokens": [H, W], "views": args.views,
             "latent_frames": args.latent_frames, "batch": args.batch, "cond_tokens": args.cond_tokens + 1,
             "plan_mean": sum(plan) / len(plan), "warmup": args.warmup, "repeats": args.repeats,
@@ -459,11 +464,7 @@ def scope_main(args, raw) -> dict:
     label = {"dense": "dense", "attention": f"attention scope (cross-view {cross_view})", "block": "block scope"}
     result = {
         "meta": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads)",
-            "torch": torch.__version__, "python": platform.python_version(), "triton": kernels.HAS_TRITON,
-            "dtype": str(dtype).replace("torch.", ""), "preset": args.preset, "hidden": cfg.hidden,
-            "depth": cfg.depth, "control_depth": cfg.control_depth, "heads": cfg.num_heads,
+            **machine_meta(device, dtype, args, cfg),
             "resolutions": args.resolution_list, "ratios": args.ratio_list, "views": args.views,
             "latent_frames": args.latent_frames, "batch": args.batch, "cond_tokens": args.cond_tokens + 1,
             "pad_sp": args.pad_sp, "cross_view": cross_view, "cross_view_select": args.cross_view_select,

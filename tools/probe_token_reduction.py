@@ -65,7 +65,7 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
         y = dense_self_attention(attn, x)
         return {m: (y, none) for m in (*MECHANISMS, *methods)}
     for m in methods:
-        method = build_method(m, temperature=temperature) if m == "coredit_sharp" else build_method(m)
+        method = build_method(m, temperature=temperature)
         out[m] = (pruned_self_attention(attn, x, hw, ratio, layout, bands, budgets=budgets, method=method).out, none)
     attend = lambda t: dense_self_attention(attn, t)  # noqa: E731
     frame = torch.arange(Fr).view(Fr, 1)

@@ -41,11 +41,12 @@ def method_names() -> Tuple[str, ...]:
 
 
 def build_method(name: str, **options) -> TokenReducer:
-    """The method ``name`` with its options (e.g. ``temperature``); an unknown name raises, listing the table."""
+    """The method ``name``, given those of ``options`` it takes (its ``options``, e.g. ``temperature``); an unknown
+    name raises, listing the table."""
     cls = REGISTRY.get(name)
     if cls is None:
         raise ValueError(f"prune.method must be one of {method_names()}, got {name!r}")
-    return cls(**options)
+    return cls(**{k: v for k, v in options.items() if k in cls.options})
 
 
 __all__ = ["AttentionResult", "BlockGeometry", "CallGeometry", "REGISTRY", "Reduced", "Selection", "TokenReducer",

@@ -38,14 +38,18 @@ def nearest_retained(x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Tupl
     return torch.where(has, target, torch.zeros_like(target)), has
 
 
-def copy_restore(y_full: torch.Tensor, sel: Selection, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
-    """``y_full [F, N, C]`` (eq. 3 output) with each skipped row that has a target replaced by its target's row."""
-    copied = gather_tokens(y_full, target)  # targets are retained rows: exactly their outputs
-    fallback = gather_tokens(y_full, sel.skip)
-    rows = torch.where(has.unsqueeze(-1), copied, fallback)
+def replace_skipped(y_full: torch.Tensor, sel: Selection, rows: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """``y_full [F, N, C]`` (eq. 3 output) with each skipped row whose cell holds a retained token (``has [F, K]``)
+    replaced by its row of ``rows [F, K, C]``; the others keep eq. 3."""
+    rows = torch.where(has.unsqueeze(-1), rows, gather_tokens(y_full, sel.skip))
     Fr, N, C = y_full.shape
     flat = (sel.skip + torch.arange(Fr, device=sel.skip.device).view(Fr, 1) * N).reshape(-1)
     return y_full.reshape(Fr * N, C).index_copy(0, flat, rows.reshape(-1, C)).view(Fr, N, C)
+
+
+def copy_restore(y_full: torch.Tensor, sel: Selection, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """``y_full [F, N, C]`` (eq. 3 output) with each skipped row that has a target replaced by its target's row."""
+    return replace_skipped(y_full, sel, gather_tokens(y_full, target), has)  # targets are retained: their outputs
 
 
 class CoReDiTCopy(CoReDiT):

@@ -14,7 +14,7 @@ import torch
 from ..ops.cells import cell_similarity, to_cells, token_rows
 from .base import CallGeometry, Reduced, Selection
 from .coredit import CoReDiT
-from .coredit_copy import retained_mask
+from .coredit_copy import replace_skipped, retained_mask
 
 
 class CoReDiTSharp(CoReDiT):
@@ -37,7 +37,4 @@ class CoReDiTSharp(CoReDiT):
         est_cells = w @ to_cells(y_full.to(acc), members)  # [F, n_sub, S, C]
         est = token_rows(est_cells, sel.skip, geo.hw, b.grid, b.subgrid, geo.bands).to(y.dtype)  # [F, K, C]
         has = token_rows(any_kept.squeeze(-1), sel.skip, geo.hw, b.grid, b.subgrid, geo.bands)  # [F, K]
-        Fr, N, C = y_full.shape
-        rebuilt = torch.where(has.unsqueeze(-1), est, y_full.gather(1, sel.skip.unsqueeze(-1).expand(-1, -1, C)))
-        flat = (sel.skip + torch.arange(Fr, device=y.device).view(Fr, 1) * N).reshape(-1)
-        return y_full.reshape(Fr * N, C).index_copy(0, flat, rebuilt.reshape(-1, C)).view(Fr, N, C)
+        return replace_skipped(y_full, sel, est, has)

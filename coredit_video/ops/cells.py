@@ -7,7 +7,7 @@ from typing import Tuple
 
 import torch
 
-from .partition import GridArg, partition
+from .partition import GridArg, as_pair, partition
 from .tables import cached, on_device
 
 
@@ -30,9 +30,7 @@ def _cell_table(H: int, W: int, bands: int, grid: Tuple[int, int], subgrid: Tupl
 def cell_table(hw, grid: GridArg, subgrid: GridArg, bands: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     """``members [n_sub, S]``: the tokens of every sub-grid cell in ascending order, padded with ``N``; ``slot [N]``:
     each token's position in its cell's row. CPU int64 (see :func:`~.tables.on_device`)."""
-    part_grid = tuple(grid) if not isinstance(grid, int) else (grid, grid)
-    part_sub = tuple(subgrid) if not isinstance(subgrid, int) else (subgrid, subgrid)
-    return cached(_cell_table, int(hw[0]), int(hw[1]), bands, part_grid, part_sub)
+    return cached(_cell_table, int(hw[0]), int(hw[1]), bands, as_pair(grid, "grid"), as_pair(subgrid, "subgrid"))
 
 
 def cell_similarity(x: torch.Tensor, retained: torch.Tensor, hw, grid: GridArg, subgrid: GridArg,
