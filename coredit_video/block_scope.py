@@ -5,8 +5,11 @@ Every frame keeps the same number of tokens (budgets depend on the ratio, not on
 ordinary batch ``[B*NC, T*S', C]`` with ``S' = N - K``: its self-attention, cross-attention, cross-view attention and
 MLP all run on ``S'`` tokens per view-frame (cross-view pairs the views as before; the positional embedding was added
 before the blocks). Selection is made once per block from the block input ``x`` (same scores, bands, m-stride,
-schedule and late-step decay as attention scope). The skipped tokens' residual ``block(x) - x`` is rebuilt by the
-method's restoration rule (eq. 3 for ``coredit``) from the retained tokens' residuals.
+schedule and late-step decay as attention scope). The block runs on the method's reduced tokens (the retained tokens'
+inputs; for ``coredit_merge`` the size-weighted averages of each retained token and the skipped tokens merged into it,
+without proportional attention: the block's own attention takes no bias, as in tomesd). The skipped tokens' residual
+``block(x) - x`` is rebuilt by the method's restoration rule (eq. 3 for ``coredit``, the target's residual for
+``coredit_copy`` / ``coredit_merge``) from the retained tokens' residuals ``block(x_reduced) - x_reduced``.
 
 The adapter says where a block's arguments sit (:attr:`~coredit_video.adapters.base.HostAdapter.block_args`:
 positions and names of ``x``, ``T`` and ``S``); nothing of the block's code changes. A block that returns a tuple
@@ -24,7 +27,6 @@ import torch.nn as nn
 
 from . import kernels
 from .execution import rank_call, sp_size_of
-from .methods import gather_tokens
 
 
 def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
@@ -60,7 +62,8 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
                          f"counts on every rank, got {call.counts}; lower the ratio (or use scope='attention')")
     sel = method.select(frames, geo, sc)
-    kept = gather_tokens(frames, sel.keep)  # [BN*T, S', C]
+    red = method.reduce(frames, sel, geo)
+    kept = red.q  # [BN*T, S', C]
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
@@ -74,7 +77,7 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
                              "(output 1 = block.<name>(output 0)); use scope='attention'")
         out = out[0]
     out_kept = out.reshape(BN * T, R, C)
-    residual = method.restore(out_kept - kept, frames, sel, None, geo)  # [BN*T, S, C]
+    residual = method.restore(out_kept - kept, frames, sel, red, geo)  # [BN*T, S, C]
     full = (frames + residual).reshape(BN, L, C)
     if derived is None:
         return full

@@ -117,7 +117,7 @@ class PruneConfig:
         if self.scope == "block" and not REGISTRY[self.method].supports_block_scope:
             raise ValueError(f"method {self.method!r} has no block scope (its restoration cannot rebuild a block "
                              "residual); use scope='attention' or a CoReDiT rule (coredit, coredit_copy, "
-                             "coredit_sharp)")
+                             "coredit_sharp, coredit_merge)")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")

@@ -97,8 +97,8 @@ values on ``R`` (whatever ``cross_view`` says), cross-attention with ``R`` queri
 tokens' keys and values unchanged) and the MLP on ``R``. Its overhead: scoring ``6NC``, gather of the block
 input ``RC``, and (except ``no_reconstruction``, whose skipped tokens pass through) the skipped tokens' block
 residual: residual ``NC`` (subtract on ``R``, add on ``K``) plus the method's restoration rule (eq. 3 ``4NC``,
-the copy's, the sharpened average's, the merge's; the merge also pays the ``log(size)`` bias on every
-attention over merged keys: ``heads R^2`` in self-attention and per neighbour in cross-view). Temporal blocks
+the copy's, the sharpened average's, the merge's; in the block scope the merge adds no ``log(size)`` bias:
+the block's own attention takes none). Temporal blocks
 stay dense. Only the CoReDiT family (coredit, random, no_reconstruction, coredit_copy, coredit_sharp,
 coredit_merge) has a block scope. The block's overhead is booked to ``spatial_self_attention`` (where
 the selection is made), so that kind's reduction is net of it.
@@ -583,13 +583,12 @@ def method_attention_flops(method: str, n: int, kept: int, C: int) -> int:
 
 
 def restoration_terms(method: str, n: int, skipped: int, C: int, candidates: int, heads: int,
-                      merged_keys: int = 0) -> Dict[str, int]:
+                      bias: bool = True) -> Dict[str, int]:
     """The CoReDiT family's rule for the ``skipped`` tokens of a frame (attention outputs in the attention
     scope, block residuals in the block scope), by named term, FLOPs.
 
-    ``candidates`` is ``sh*sw``; ``merged_keys`` the keys every query of the merge's attentions sees in all
-    (``R`` in the attention scope; ``R`` plus the neighbours' in the block scope): ``log(size)`` is added to
-    each of those logits.
+    ``candidates`` is ``sh*sw``; ``bias``: the merge's self-attention adds ``log(size)`` to each of its ``R x R``
+    logits per head (the attention scope; the block scope runs the block's own attention, without it).
     """
     kept = n - skipped
     if method in ("coredit", "random"):
@@ -604,17 +603,18 @@ def restoration_terms(method: str, n: int, skipped: int, C: int, candidates: int
         terms.update(softmax=softmax_flops(skipped, candidates),
                      weighted_sum=weighted_sum_flops(skipped, candidates, C))
     elif method == "coredit_merge":
-        terms.update(argmax=argmax_flops(skipped, candidates), merge=merge_flops(skipped, kept, C),
-                     proportional_attention=proportional_attention_flops(heads, kept, merged_keys or kept),
-                     copy=copy_flops(skipped, C))
+        terms.update(argmax=argmax_flops(skipped, candidates), merge=merge_flops(skipped, kept, C))
+        if bias:
+            terms["proportional_attention"] = proportional_attention_flops(heads, kept, kept)
+        terms["copy"] = copy_flops(skipped, C)
     else:
         raise ValueError(f"method {method!r} has no restoration rule; use one of {BLOCK_SCOPE_METHODS}")
     return terms
 
 
 def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int,
-                          subgrid: Tuple[int, int] = (4, 4), heads: int = 16, scope: str = "attention",
-                          merged_keys: int = 0) -> Dict[str, int]:
+                          subgrid: Tuple[int, int] = (4, 4), heads: int = 16,
+                          scope: str = "attention") -> Dict[str, int]:
     """A method's own work on one frame of ``hw`` tokens with ``skipped`` removed (after
     :func:`method_skipped`), by named term, FLOPs; empty when nothing is skipped. ``scope="block"`` adds the
     gather of the block input and the residual (and needs a :data:`BLOCK_SCOPE_METHODS` method)."""
@@ -641,7 +641,7 @@ def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int
         terms["gather"] = gather_flops(kept, C)
         if method != "no_reconstruction":
             terms["residual"] = residual_flops(n, C)
-    terms.update(restoration_terms(method, n, skipped, C, S, heads, merged_keys))
+    terms.update(restoration_terms(method, n, skipped, C, S, heads, bias=scope == "attention"))
     return terms
 
 
@@ -902,9 +902,8 @@ def count_flops(
         kept = n - k_skip
         has_cv = (ordinal < spec.depth or spec.control_cross_view) and neighbours > 0
         cv_dense = cv if has_cv else 0
-        merged_keys = kept * (1 + (neighbours if has_cv else 0)) if scope == "block" else kept
         terms = method_overhead_terms(method, (H, W), k_skip, C, subgrids[ordinal % len(subgrids)],
-                                      spec.num_heads, scope, merged_keys)
+                                      spec.num_heads, scope)
         p_attn = method_attention_flops(method, n, kept, C)
         if scope == "block" and k_skip:
             pcv = cross_view_attention_flops(kept, C, neighbours, spec.cross_view_mode) if cv_dense else 0

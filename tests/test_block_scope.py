@@ -5,6 +5,7 @@ import torch
 import coredit_video as cv
 from coredit_video import ops
 from tests.test_cross_view import GRIDS, HX, WX, T, build, inputs
+from tests.test_methods import _cells, _eq3, _nearest
 
 
 
@@ -88,13 +89,61 @@ def test_block_output_against_a_reference():
                                    out_kept.reshape(-1, R, x.shape[-1])[f])
 
 
-@pytest.mark.parametrize("method", ["coredit_merge", "coredit_kv", "tome", "todo"])
+def test_merge_block_output_against_a_loop_reference():
+    """coredit_merge in block scope: the block's own forward on the merged inputs (each retained token averaged with
+    the skipped tokens whose nearest retained cell-mate it is), no attention bias; every token adds its target's
+    residual (a skipped token without a retained cell-mate: eq. 3 of the residuals)."""
+    model, inp = build(), inputs()
+    ctrl = prune(model, 0.3, method="coredit_merge")
+    block = model.base_blocks_s[1]
+    geo = ctrl.geometries[ctrl.names.index("base_blocks_s.1.attn")]
+    captured = {}
+    h = block.register_forward_hook(lambda m, a, o: captured.update(args=a, out=o))
+    with torch.no_grad():
+        model(**inp)
+    h.remove()
+    x, y, t_mod, T_, S, NC_ = captured["args"]
+    hw, C = (HX // 2, WX // 2), x.shape[-1]
+    frames = x.reshape(-1, S, C)
+    sc = ops.spatial_coherence(frames, hw, geo.grid, 1)
+    keep, skip = ops.select_tokens(sc, hw, 0.3, geo.stride, geo.ordinal, 1)
+    cells = _cells(hw, 1, geo.grid, geo.subgrid)
+    targets, merged = [], []
+    for f in range(frames.shape[0]):
+        kept = keep[f].tolist()
+        target = {}
+        for i in skip[f].tolist():
+            cands = [j for j in cells[0][i] if j in kept]
+            if cands:
+                target[i] = _nearest(frames[f], i, cands)
+        groups = {j: [j] + [i for i, t in target.items() if t == j] for j in kept}
+        merged.append(torch.stack([sum(frames[f, t] for t in groups[j]) / len(groups[j]) for j in kept]))
+        targets.append(target)
+    merged = torch.stack(merged)
+    R = merged.shape[1]
+    with torch.no_grad():
+        out_kept = type(block).forward(block, merged.reshape(x.shape[0], T_ * R, C), y, t_mod, T_, R, NC_)
+    res = out_kept.reshape(-1, R, C) - merged
+    out = captured["out"].reshape(frames.shape)
+    n_merged = 0
+    for f in range(frames.shape[0]):
+        kept = keep[f].tolist()
+        row = {t: res[f, r] for r, t in enumerate(kept)}
+        torch.testing.assert_close(out[f, kept], frames[f, kept] + res[f], atol=1e-5, rtol=1e-5)
+        for i in skip[f].tolist():
+            want = row[targets[f][i]] if i in targets[f] else _eq3(row, row, sc[f], i, cells)
+            n_merged += i in targets[f]
+            torch.testing.assert_close(out[f, i], frames[f, i] + want, atol=1e-5, rtol=1e-5)
+    assert n_merged > 0 and max(len(t) for t in targets) > 0
+
+
+@pytest.mark.parametrize("method", ["coredit_kv", "tome", "todo"])
 def test_methods_without_a_block_scope_are_refused(method):
     with pytest.raises(ValueError, match="block scope"):
         prune(build(), 0.3, method=method)
 
 
-@pytest.mark.parametrize("method", ["coredit", "coredit_copy", "coredit_sharp"])
+@pytest.mark.parametrize("method", ["coredit", "coredit_copy", "coredit_sharp", "coredit_merge"])
 def test_training_backward_and_gradient_checkpointing(method):
     inp = inputs()
     grads = []

@@ -162,7 +162,8 @@ def test_control_branch_runs_pruned_and_feeds_the_base_blocks(host):
     assert (out - dense_out).abs().max() > 1e-4
 
 
-def test_grad_checkpointing_gives_the_same_gradients(host):
+@pytest.mark.parametrize("method", ["coredit", "coredit_merge"])
+def test_grad_checkpointing_gives_the_same_gradients(host, method):
     """MagicDrive-V2's own gradient checkpointing (set_grad_checkpoint, as grad_checkpoint=True in its train config)
     with an x_mask: the recompute prunes as its forward did (the phase changes before backward) and every gradient
     equals the plain run's."""
@@ -171,7 +172,7 @@ def test_grad_checkpointing_gives_the_same_gradients(host):
     grads = []
     for ckpt in (False, True):
         model = build(host, grad_checkpoint=ckpt).train()
-        ctrl = prune(model, 0.4, late_factor=0.5)
+        ctrl = prune(model, 0.4, late_factor=0.5, method=method)
         calls = []
         h = model.base_blocks_s[0].register_forward_pre_hook(lambda m, a, calls=calls: calls.append(1))
         loss = model(**args).square().mean()

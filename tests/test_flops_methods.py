@@ -127,12 +127,16 @@ def test_block_scope_by_hand():
         assert k[kind]["pruned"] == k[kind]["dense"]
 
 
-def test_block_scope_merge_pays_the_bias_on_cross_view_keys():
+def test_block_scope_merge_pays_the_merge_but_no_bias():
     spec = F.ModelSpec(hidden=8, depth=1, control_depth=0, num_heads=2, in_channels=4, out_channels=4,
                        cond_tokens=3, caption_channels=16, views=3)
     res = F.count_flops(spec, None, hw_tokens=(6, 6), latent_frames=1, ratios=0.25, stride=None, grids=GRIDS,
                         scope="block", method="coredit_merge")
-    assert res["overhead_terms"]["proportional_attention"] == 2 * R * (3 * R) * 3  # heads R (R + 2R), 3 views
+    assert "proportional_attention" not in res["overhead_terms"]  # the block's own attention takes no bias
+    assert res["overhead_terms"]["merge"] > 0 and res["overhead_terms"]["copy"] > 0
+    attn = F.count_flops(spec, None, hw_tokens=(6, 6), latent_frames=1, ratios=0.25, stride=None, grids=GRIDS,
+                         method="coredit_merge")
+    assert attn["overhead_terms"]["proportional_attention"] == 2 * R * R * 3  # heads R^2, 3 views
     nrec = F.count_flops(spec, None, hw_tokens=(6, 6), latent_frames=1, ratios=0.25, stride=None, grids=GRIDS,
                          scope="block", method="no_reconstruction")
     assert nrec["overhead_terms"] == {"scoring": 6 * n * C * 3, "gather": R * C * 3}

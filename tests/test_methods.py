@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import coredit_video as cv
-from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention import BlockGeometry, ViewPairs, pruned_cross_view_attention, pruned_self_attention
 from coredit_video.attention.pruned import local_attend
 from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.embedded.host.layers import Attention
-from coredit_video.methods import REGISTRY, CallGeometry, Selection
+from coredit_video.methods import REGISTRY, CallGeometry, Selection, build_method
 from coredit_video.methods.coredit import CoReDiT
 from coredit_video.methods.coredit_copy import CoReDiTCopy
 from coredit_video.methods.coredit_sharp import CoReDiTSharp
@@ -314,6 +314,36 @@ def test_merge_matches_a_loop_reference():
     assert n_merged and n_fallback
 
 
+def test_merge_cross_view_copies_each_skipped_query_from_its_nearest_retained_cell_mate():
+    """Cross-view attention under coredit_merge reuses the selection: keys from the neighbour's retained tokens,
+    queries from the target's, and a skipped query takes the output of its nearest retained cell-mate (eq. 3
+    where its cell holds none); nothing is merged there."""
+    attn, x, cond_frames = _attn(), _x(frames=3), _x(seed=1, frames=3)
+    keep, skip, sc = _select(x)
+    pairs = ViewPairs.build(torch.arange(3), (torch.arange(3) + 1) % 3, 3)  # one neighbour (J = 1) per row
+    cond = cond_frames[pairs.kv[:, 0]]
+    geo = CallGeometry(HW, RATIO, LAYOUT, BANDS, tuple(band_budgets(HW, RATIO, LAYOUT.stride, LAYOUT.ordinal, BANDS)))
+    method = build_method("coredit_merge")
+    with torch.no_grad():
+        out = pruned_cross_view_attention(attn, x, cond, pairs, Selection(keep, skip, sc), "qkv", HW, LAYOUT, BANDS,
+                                          restore=lambda y, xq, s: method.restore(y, xq, s, None, geo))
+        cells = _cells(HW, BANDS, LAYOUT.grid, LAYOUT.subgrid)
+        n_copied = n_fallback = 0
+        for f in range(3):
+            kept = keep[f].tolist()
+            y = _hand_attention(attn, x[f, kept], cond[f, keep[(f + 1) % 3]])
+            row = {t: y[r] for r, t in enumerate(kept)}
+            torch.testing.assert_close(out[f, kept], y, atol=1e-5, rtol=1e-5)
+            for i in skip[f].tolist():
+                cands = [j for j in cells[0][i] if j in kept]
+                if cands:
+                    want, n_copied = row[_nearest(x[f], i, cands)], n_copied + 1
+                else:
+                    want, n_fallback = _eq3(row, row, sc[f], i, cells), n_fallback + 1
+                torch.testing.assert_close(out[f, i], want, atol=1e-5, rtol=1e-5)
+    assert n_copied and n_fallback
+
+
 # ---------------------------------------------------------------------------------------------- coredit_kv
 
 
@@ -484,13 +514,13 @@ def test_plugin_cross_view_qkv_only_for_methods_that_support_it(host, name):
     model, dense = host
     cfg = dict(ratios=0.3, grids=GRIDS, stride=2, method=name, cross_view="qkv")
     if not REGISTRY[name].supports_cross_view:
-        assert name in ("coredit_merge", "coredit_kv", "todo")
+        assert name in ("coredit_kv", "todo")
         with pytest.raises(ValueError, match="cross_view") as err:
             cv.apply(model, cfg)
         assert "\n" not in str(err.value) and repr(name) in str(err.value)
         assert cv.get_controller(model) is None
         return
-    assert name in ("coredit_copy", "coredit_sharp")
+    assert name in ("coredit_copy", "coredit_sharp", "coredit_merge")
     ctrl = cv.apply(model, cfg)
     try:
         assert ctrl.cross_view_names

@@ -5,8 +5,15 @@ holds no retained token is not merged and is rebuilt by eq. 3 (its grid, then it
 
 Gradients flow to every input through the averages (as in ToMe), to the retained outputs through the copy; the
 choice of targets is not differentiated. Linear in N. Under sequence parallelism the keys' ``log(size)`` crosses
-the all-to-all beside them (every rank's targets are in its own bands)."""
+the all-to-all beside them (every rank's targets are in its own bands).
+
+In block scope the block runs on the merged tokens without the ``log(size)`` bias (the block's own attention takes
+none, as in tomesd) and a skipped token takes its target's residual. Cross-view attention reuses the selection: its
+skipped keys are dropped and, in ``qkv`` mode, its skipped queries copy their target's output (rule (a); nothing is
+merged there)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -17,8 +24,8 @@ from .coredit_copy import copy_restore, nearest_retained
 
 class CoReDiTMerge(CoReDiT):
     name = "coredit_merge"
-    supports_cross_view = False
-    supports_block_scope = False  # the unchanged block forward takes no proportional-attention bias
+    supports_cross_view = True
+    supports_block_scope = True
 
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         target, has = nearest_retained(x, sel, geo)
@@ -33,7 +40,8 @@ class CoReDiTMerge(CoReDiT):
         x_keep = gather_tokens(sums, sel.keep) / size_keep.unsqueeze(-1).to(x.dtype)
         return Reduced(x_keep, log_size=size_keep.log(), state=(target, has))
 
-    def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Reduced,
+    def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
-        target, has = red.state
+        # a cross-view call (red None) reuses the self-attention's selection; nothing was merged there: copy
+        target, has = nearest_retained(x, sel, geo) if red is None else red.state
         return copy_restore(super().restore(y, x, sel, red, geo), sel, target, has)
