@@ -10,13 +10,13 @@ from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes
 RATIO = 0.3
 # mode name -> (cross_view, cross_view_select, ratio)
 CROSS_VIEW_MODES = {"dense": ("off", "self", 0.0), "kv": ("kv", "self", RATIO), "qkv": ("qkv", "self", RATIO),
-                    "qkv_fresh": ("qkv", "fresh", RATIO)}
+                    "qkv_fresh": ("qkv", "fresh", RATIO), "merge_qkv": ("qkv", "self", RATIO, "coredit_merge")}
 
 
 def patch_cross_view(model, mode: str):
-    cross_view, select, ratio = CROSS_VIEW_MODES[mode]
+    cross_view, select, ratio, *method = CROSS_VIEW_MODES[mode]
     return cv.apply(model, dict(ratios=ratio, bands=BANDS, grids=GRIDS, stride=STRIDE, cross_view=cross_view,
-                                cross_view_select=select))
+                                cross_view_select=select, method=(method or ["coredit"])[0]))
 
 
 @pytest.fixture(scope="module")
