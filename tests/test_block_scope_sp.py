@@ -16,15 +16,15 @@ from tests.dist import sp8_worker
 from tests.dist.common import (BANDS, GRIDS, STRIDE, assert_sp_matches, build_host, inputs, loss_of, run_modes,
                                sp_results, torchrun)
 
-BLOCK_MODES = {"dense": None, "block0.3": 0.3}
+BLOCK_MODES = {"dense": None, "block0.3": 0.3, "merge0.3": (0.3, "coredit_merge")}
 RATIO = BLOCK_MODES["block0.3"]
 
 
 def patch_block(model, mode: str, bands: int = BANDS):
-    ratio = BLOCK_MODES[mode]
-    if ratio is None:
+    if BLOCK_MODES[mode] is None:
         return None
-    return cv.apply(model, dict(ratios=ratio, bands=bands, grids=GRIDS, stride=STRIDE, scope="block"))
+    ratio, method = BLOCK_MODES[mode] if isinstance(BLOCK_MODES[mode], tuple) else (BLOCK_MODES[mode], "coredit")
+    return cv.apply(model, dict(ratios=ratio, bands=bands, grids=GRIDS, stride=STRIDE, scope="block", method=method))
 
 
 # layout name (the worker's argv[2]) -> (build, inputs, patch)
@@ -49,8 +49,9 @@ def test_sp_matches_single_process(sp_run, reference, mode):
 
 
 def test_block_scope_changes_the_output(reference):
-    """Guards the comparison above: the block-scope run really differs from the dense one."""
+    """Guards the comparison above: each block-scope run really differs from the dense one and from the other."""
     assert (reference["block0.3"]["out"] - reference["dense"]["out"]).abs().max() > 1e-3
+    assert (reference["merge0.3"]["out"] - reference["block0.3"]["out"]).abs().max() > 1e-4
 
 
 def expected_volume(ctrl, ratio: float, frames: int, C: int, sp: int) -> dict:
@@ -80,7 +81,8 @@ def test_all_to_alls_carry_only_retained_tokens(sp_run, reference):
         for way in ("fwd", "bwd"):
             key = f"{tag}_{way}"
             assert got["dense"][key] == dense[tag] > 0, key  # the count is right where nothing is pruned
-            assert got["block0.3"][key] == pruned[tag], f"SP={sp} {key}: {got['block0.3'][key]} != {pruned[tag]}"
+            for mode in ("block0.3", "merge0.3"):
+                assert got[mode][key] == pruned[tag], f"SP={sp} {mode} {key}: {got[mode][key]} != {pruned[tag]}"
     share = sum(pruned["kept"].values()) / (N * len(pruned["kept"]))
     assert got["block0.3"]["self_attn_fwd"] / got["dense"]["self_attn_fwd"] == pytest.approx(share, rel=1e-12)
     assert abs(share - (1 - RATIO)) < 0.02
