@@ -109,7 +109,9 @@ def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[
 
 def equal_cost_wins(rows: List[dict], ours: str, theirs: str, seed: int, cost: str = "time_ratio") -> Tuple[int, int]:
     """At each of ``theirs``' points, is ``ours``' fidelity (interpolated along its line at equal ``cost``) at or
-    above? Returns (wins, comparable points)."""
+    above? A point outside ours' cost range is decided only where one side dominates: costlier than all of ours, it
+    is a win when ours' costliest point is at or above it (cheaper and as faithful); cheaper than all of ours, a
+    loss when ours' cheapest point is below it; otherwise it is not counted. Returns (wins, counted points)."""
     def line(m):
         pts = [(r[cost], r["fidelity_PSNR"]) for r in rows if r["method"] == m and r["seed"] == seed
                and r.get(cost) is not None and r.get("fidelity_PSNR") is not None]
@@ -117,13 +119,19 @@ def equal_cost_wins(rows: List[dict], ours: str, theirs: str, seed: int, cost: s
 
     xo, yo = line(ours)
     xt, yt = line(theirs)
+    if not xo:
+        return 0, 0
+    (x_lo, y_lo), (x_hi, y_hi) = min(zip(xo, yo)), max(zip(xo, yo))
     wins = n = 0
     for x, y in zip(xt, yt):
         mine = interpolate(xo, yo, x)
-        if mine is None:
-            continue
-        n += 1
-        wins += int(mine >= y)
+        if mine is not None:
+            n += 1
+            wins += int(mine >= y)
+        elif x > x_hi and y_hi >= y:  # ours is cheaper and at least as faithful
+            n, wins = n + 1, wins + 1
+        elif x < x_lo and y_lo < y:  # theirs is cheaper and more faithful
+            n += 1
     return wins, n
 
 

@@ -15,12 +15,16 @@ def test_interpolate_and_split_line():
     assert split_line("tome") == ("tome", "attention")
 
 
-def test_equal_cost_wins_counts_points_inside_our_cost_range():
+def test_equal_cost_wins_counts_points_inside_our_cost_range_and_dominated_ones_outside():
     rows = [dict(method="ours", seed=0, time_ratio=t, fidelity_PSNR=p) for t, p in [(0.3, 40.0), (0.9, 50.0)]]
     rows += [dict(method="them", seed=0, time_ratio=t, fidelity_PSNR=p)
-             for t, p in [(0.2, 60.0), (0.4, 41.0), (0.6, 46.0), (0.8, 49.5)]]
-    # at 0.4 ours is 41.67 (win), at 0.6 45.0 (loss), at 0.8 48.33 (loss); 0.2 is outside ours' range
-    assert equal_cost_wins(rows, "ours", "them", 0) == (1, 3)
+             for t, p in [(0.2, 39.0), (0.4, 41.0), (0.6, 46.0), (0.8, 49.5), (0.95, 49.0)]]
+    # at 0.4 ours is 41.67 (win), at 0.6 45.0 (loss), at 0.8 48.33 (loss); 0.95 is costlier than all of ours and
+    # below ours' 50.0 at 0.9 (win); 0.2 is cheaper than ours and below it: undecided, not counted
+    assert equal_cost_wins(rows, "ours", "them", 0) == (2, 4)
+    rows.append(dict(method="them", seed=0, time_ratio=0.1, fidelity_PSNR=45.0))  # cheaper and better: a loss
+    rows.append(dict(method="them", seed=0, time_ratio=1.0, fidelity_PSNR=55.0))  # costlier, better: undecided
+    assert equal_cost_wins(rows, "ours", "them", 0) == (2, 5)
 
 
 def test_settings_are_validated():

@@ -76,7 +76,9 @@ def main(argv=None) -> int:
     theirs = [m for m in s.methods if m in ("tome", "todo")]
     md = ["# The quality-vs-cost front (training-free)", "",
           "Equal-cost win counts: at each of the other method's points, is ours' fidelity PSNR (interpolated along "
-          "its line at the same cost) at or above? `n of m`: m points inside ours' cost range.", ""]
+          "its line at the same cost) at or above? `n of m`: m points counted: those inside ours' cost range, and "
+          "those outside it where one side dominates (costlier than all of ours and not above ours' costliest "
+          "point: a win; cheaper than all of ours and above ours' cheapest: a loss).", ""]
     for cost in ("time_ratio", "flops_ratio"):
         md += [win_table(rows, list(s.seeds), ours, theirs, cost), ""]
     md += ["| method | ratio | seed | fidelity PSNR | SSIM | attn error % | FLOPs / dense | time / dense |",
