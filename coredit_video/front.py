@@ -320,9 +320,9 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
         missing = [m for m in methods if not any(r["method"] == m and r.get(cost) is not None for r in rows)]
         if missing:
             ax.text(0.01, 0.01, f"not measured: {', '.join(missing)}", fontsize=7, transform=ax.transAxes)
-    for ax in axes:
+    for ax, loc in zip(axes, ("lower right", "upper left")):  # where the rising lines leave room
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc=loc)
     fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6; band: range over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
