@@ -242,10 +242,10 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
                 ctrl = apply_pruning(model, base)
             dense[i] = run(seed, i, ctrl)
         remove(model)
-        known.update({(m, round(r, 4)): v for (m, r), v in probe.errors().items()} if missing else {})
-        attn_err = {(m, r): v for (m, r), v in known.items()}
+        if missing:
+            known.update({(m, round(r, 4)): v for (m, r), v in probe.errors().items()})
         with open(err_path, "w") as fh:
-            json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in attn_err.items()], fh,
+            json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
             method, scope = split_line(m)
@@ -259,7 +259,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
                     n += 1
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=attn_err.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
+                       attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
