@@ -5,7 +5,7 @@ import torch
 import coredit_video as cv
 from coredit_video import ops
 from tests.test_cross_view import GRIDS, HX, WX, T, build, inputs
-from tests.test_methods import _cells, _eq3, _nearest
+from tests.test_methods import _cells, _eq3, _merge_groups
 
 
 
@@ -111,12 +111,7 @@ def test_merge_block_output_against_a_loop_reference():
     targets, merged = [], []
     for f in range(frames.shape[0]):
         kept = keep[f].tolist()
-        target = {}
-        for i in skip[f].tolist():
-            cands = [j for j in cells[0][i] if j in kept]
-            if cands:
-                target[i] = _nearest(frames[f], i, cands)
-        groups = {j: [j] + [i for i, t in target.items() if t == j] for j in kept}
+        target, groups = _merge_groups(frames[f], kept, skip[f].tolist(), cells[0])
         merged.append(torch.stack([sum(frames[f, t] for t in groups[j]) / len(groups[j]) for j in kept]))
         targets.append(target)
     merged = torch.stack(merged)

@@ -101,6 +101,18 @@ def _hand_attention(attn, xq, xkv=None, log_size=None):
     return attn.proj(o)
 
 
+def _merge_groups(xf, kept, skipped, sub_of):
+    """Rule (c)'s merge of one frame: each skipped token's target, its nearest retained sub-grid cell-mate (none
+    where its cell holds no retained token), ``{i: j}``; and each retained token's group, itself then the skipped
+    tokens merged into it, ``{j: [j, ...]}``."""
+    target = {}
+    for i in skipped:
+        cands = [j for j in sub_of[i] if j in kept]
+        if cands:
+            target[i] = _nearest(xf, i, cands)
+    return target, {j: [j] + [i for i, t in target.items() if t == j] for j in kept}
+
+
 def _eq3(y, keep, sc, t, cells):
     """Eq. 3 for token ``t``: ``max(sc, 1e-4)``-weighted mean of the retained outputs ``y`` (rows by token) of its
     sub-grid cell, else its grid cell, else its band."""
@@ -290,12 +302,7 @@ def test_merge_matches_a_loop_reference():
     with torch.no_grad():
         for f in range(x.shape[0]):
             kept = keep[f].tolist()
-            target = {}
-            for i in skip[f].tolist():
-                cands = [j for j in sub_of[i] if j in kept]
-                if cands:
-                    target[i] = _nearest(x[f], i, cands)
-            groups = {j: [j] + [i for i, t in target.items() if t == j] for j in kept}
+            target, groups = _merge_groups(x[f], kept, skip[f].tolist(), sub_of)
             size = torch.tensor([float(len(groups[j])) for j in kept])
             x_red = torch.stack([sum(x[f, t] for t in groups[j]) / len(groups[j]) for j in kept])
             torch.testing.assert_close(red.q[f], x_red, atol=1e-6, rtol=1e-5)
