@@ -49,11 +49,17 @@ class FrontSettings:
     render_only: bool = False  # write front.json / .png from the rows measured so far, measure nothing
 
     def __post_init__(self):
+        from .config import SCOPES
         from .methods import REGISTRY, method_names
 
-        unknown = sorted({split_line(m)[0] for m in self.methods} - set(method_names()))
+        lines = [*self.methods, *self.probe_methods]
+        unknown = sorted({split_line(m)[0] for m in lines} - set(method_names()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(method_names())}")
+        scopes = sorted({split_line(m)[1] for m in lines} - set(SCOPES))
+        if scopes:
+            raise ValueError(f"unknown scope(s) {scopes} after '@'; a line is METHOD or METHOD@block "
+                             f"(scopes: {list(SCOPES)})")
         bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
         if bad:
             raise ValueError(f"ratios must be in (0, 1), got {bad}")
@@ -63,6 +69,10 @@ class FrontSettings:
             raise ValueError(f"{no_block}: these methods have no block scope")
         if self.scenes < 1 or not self.seeds:
             raise ValueError("the front needs at least one scene and one seed")
+        if self.sampling_steps is not None and self.sampling_steps < 1:
+            raise ValueError(f"--sampling-steps {self.sampling_steps}: give at least 1")
+        if self.probe_every < 1 or self.probe_scenes < 0:
+            raise ValueError("--probe-every must be >= 1 and --probe-scenes >= 0")
 
 
 def split_line(line: str) -> Tuple[str, str]:

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,3 +67,40 @@ def test_flops_refuses_a_resolution_the_vae_cannot_encode():
     ok = subprocess.run([sys.executable, os.path.join(REPO, "tools", "flops.py"), "--resolution", "424x800", "--json"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and '"hw_tokens": [27, 50]' in ok.stdout  # odd latent sizes: padded by the patch
+
+
+# Bad values of every entry point: one line naming the fix, exit code 2, before any work (no output folder, seconds).
+BAD_INPUTS = [
+    ("generate.py", [CONFIG, "--ckpt", "auto", "--dense", "--out", "{out}", "--cfg-options", "prune.scope=blocks"],
+     "scope must be one of ('attention', 'block'), got 'blocks'"),
+    ("generate.py", [CONFIG, "--ckpt", "none", "--dense", "--out", "{out}", "--steps", "0"], "--steps 0"),
+    ("generate.py", [CONFIG, "--ckpt", "none", "--dense", "--out", "{out}", "--num-samples", "0"], "--num-samples 0"),
+    ("front.py", ["--methods", "coredit_merge@blok", "--scenes", "1", "--out", "{out}"], "['blok'] after '@'"),
+    ("front.py", ["--probe-methods", "coredit@block,foo", "--out", "{out}"], "unknown method(s) ['foo']"),
+    ("front.py", ["--sampling-steps", "0", "--out", "{out}"], "--sampling-steps 0"),
+    ("front.py", ["--config", "configs/nonexist.py", "--out", "{out}"], "'configs/nonexist.py' not found"),
+    ("front.py", ["--out", "{out}", "--seeds"], "--seeds: expected at least one argument"),
+    ("train.py", [CONFIG, "--work-dir", "{out}", "--cfg-options", "prune.scope=blocks"], "got 'blocks'"),
+    ("train.py", ["configs/nonexist.py", "--work-dir", "{out}"], "'configs/nonexist.py' not found"),
+    ("ablate.py", ["--out", "{out}", "--cfg-options", "prune.scope=blocks"], "got 'blocks'"),
+    ("eval_bev.py", ["{out}", "--config", "configs/nonexist.py"], "'configs/nonexist.py' not found"),
+    ("eval_bev.py", ["{out}", "--config", "configs/eval_tiny_cpu.py", "--cfg-options", "protocol.foo=1"],
+     "unknown key(s) ['foo']"),
+    ("probe_token_reduction.py", ["--ratios", "1.5", "--out", "{out}"], "--ratios must lie in (0, 1)"),
+    ("probe_token_reduction.py", ["--config", "configs/nonexist.py", "--out", "{out}"], "not found"),
+    ("bench_e2e.py", ["--device", "cpu", "--ratio", "1.5", "--out", "{out}"], "--ratio value must be in [0, 1)"),
+    ("bench_e2e.py", ["--device", "cpu", "--preset", "foo", "--out", "{out}"], "--preset 'foo'"),
+    ("demo.py", ["--preset", "foo"], "unknown host preset 'foo'"),
+    ("demo.py", ["--ratio", "1.5"], "--ratio must be in [0, 1)"),
+    ("flops.py", ["--method", "foo"], "invalid choice: 'foo'"),
+]
+
+
+@pytest.mark.parametrize("tool, args, words", BAD_INPUTS, ids=[f"{t}:{' '.join(a[-2:])}" for t, a, _ in BAD_INPUTS])
+def test_a_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, tool, args, words):
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    line = _run(tool, *[a.replace("{out}", str(out)) for a in args])
+    assert words in line
+    assert not out.exists()  # nothing written, nothing sampled
+    assert time.perf_counter() - t0 < 60  # the tool's imports, not minutes of work

@@ -11,7 +11,6 @@ Writes ``quality.json`` (one object per variant and seed), ``quality.md`` and ``
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -24,7 +23,9 @@ def main(argv=None) -> int:
 
     from coredit_video.quality_study import VARIANTS, StudySettings, run_study
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/tiny_cpu.py", help="fine-tuning config (init_from: the host)")
     ap.add_argument("--eval-config", default="configs/eval_tiny_cpu.py")
     ap.add_argument("--out", default="work_dirs/ablate")
@@ -43,9 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                     help="override keys of --config for every run (e.g. data.image_hw=(32,56))")
     args = ap.parse_args(argv)
-    for p in (args.config, args.eval_config):
-        if not os.path.isfile(p):
-            ap.error(f"config file {p!r} not found")
+    from coredit_video.cli import load_config, load_train_config
+
+    load_train_config(args.config, args.cfg_options)  # every value, --cfg-options included, before any fine-tune
+    load_config(args.eval_config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         settings = StudySettings(config=args.config, eval_config=args.eval_config, out=args.out, seeds=args.seeds,
@@ -66,4 +68,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -33,7 +33,6 @@ keeps what it finished) and, with ``--json PATH``, the same JSON to ``PATH``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -423,7 +422,9 @@ def check_args(args) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolutions", default="224x400,424x800,848x1600", type=lambda s: parse_list(s))
     ap.add_argument("--methods", default=DEFAULT_METHODS, type=lambda s: parse_list(s),
@@ -485,4 +486,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from coredit_video.cli import run_cli
+
+    run_cli(main)

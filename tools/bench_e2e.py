@@ -58,6 +58,7 @@ from coredit_video.flops import PRESETS, count_flops, parse_hw  # noqa: E402
 from coredit_video.ops.selection import check_ratio  # noqa: E402
 from coredit_video.plan import read_plan  # noqa: E402
 from coredit_video.embedded.host import MultiViewSTDiT, host_config  # noqa: E402
+from coredit_video.embedded.host.mv_stdit import HOST_PRESETS  # noqa: E402
 
 
 def build_model(args, device, dtype):
@@ -240,7 +241,9 @@ def command_line(argv) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="xl")
     ap.add_argument("--depth", type=int, default=None, help="override the preset's base depth (CPU runs)")
@@ -289,6 +292,15 @@ def main(argv=None) -> dict:
             fail("--plan: with --scope block every mode uses a uniform plan of each --ratios value; drop --plan")
     elif args.resolutions or args.ratios or args.no_split:
         fail("--resolutions, --ratios and --no-split go with --scope block (else use --resolution, --ratio)")
+    else:
+        try:
+            parse_resolution(args.resolution, "--resolution")
+            if not args.plan:
+                parse_ratio(str(args.ratio), "--ratio")
+        except ValueError as e:
+            fail(str(e))
+    if args.preset not in HOST_PRESETS:
+        fail(f"--preset {args.preset!r}: choose one of {sorted(HOST_PRESETS)}")
     args.cross_view = scope_cross_view(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -676,4 +688,6 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from coredit_video.cli import run_cli
+
+    run_cli(main)

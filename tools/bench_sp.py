@@ -62,7 +62,9 @@ def timed(fn, warmup: int, repeats: int, sync):
 
 def parse_args(argv, is_main: bool) -> argparse.Namespace:
     """The options; under torchrun only rank 0 prints help, usage or errors (the others exit quietly)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="56x100", help="padded token grid per frame, HxW (848x1600 -> 56x100)")
     ap.add_argument("--views", type=int, default=6)
     ap.add_argument("--frames", type=int, default=1, help="latent frames per call (frames = views x this)")
@@ -198,4 +200,6 @@ def write_report(result: dict, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from coredit_video.cli import run_cli
+
+    run_cli(main)

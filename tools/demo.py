@@ -6,7 +6,6 @@ clip dense and pruned, and report output drift, retained tokens, wall-clock and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,9 @@ def sample(model, inputs, steps: int, ctrl=None, desc: str = "") -> torch.Tensor
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="tiny", help="built-in host size: tiny | small | base | xl")
     ap.add_argument("--ratio", type=float, default=0.3, help="uniform pruning ratio r")
     ap.add_argument("--steps", type=int, default=8, help="denoising steps")
@@ -45,11 +46,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    from coredit_video.cli import UsageError
+    from coredit_video.ops.selection import check_ratio
+
+    try:
+        cfg = host_config(args.preset)
+        check_ratio(args.ratio, name="--ratio")
+        H, W = (int(v) for v in args.latent_hw.lower().split("x"))
+    except ValueError as e:
+        raise UsageError(f"{e} (--preset, --ratio, --latent-hw HxW)") from None
+    if min(H, W, args.steps, args.frames) < 1 or H % 2 or W % 2:
+        raise UsageError(f"--latent-hw {args.latent_hw}: even sizes >= 2 (the patch is 2x2); --steps and --frames >= 1")
 
     torch.manual_seed(args.seed)
-    cfg = host_config(args.preset)
     model = MultiViewSTDiT(cfg).eval()
-    H, W = (int(v) for v in args.latent_hw.lower().split("x"))
     g = torch.Generator().manual_seed(args.seed + 1)
     inputs = dict(
         noise=torch.randn(1, cfg.views, cfg.in_channels, args.frames, H, W, generator=g),
@@ -92,4 +102,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from coredit_video.cli import run_cli
+
+    run_cli(main)

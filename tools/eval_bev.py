@@ -12,7 +12,6 @@ resamples, 1000 by default, 0 for none); a difference whose interval contains 0 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -121,9 +120,11 @@ def add_intervals(results, folders, protocol, resamples: int, perception_stats=N
 
 
 def main(argv=None) -> int:
-    from mmengine.config import Config, DictAction
+    from mmengine.config import DictAction
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("videos", nargs="+", help="folders with gen_video/ and gt_video/")
     ap.add_argument("--config", required=True)
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
@@ -152,10 +153,14 @@ def main(argv=None) -> int:
     from coredit_video.evaluation.protocol import protocol_from_config
     from coredit_video.evaluation.report import markdown_table, plot_frames, write_report
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    protocol = protocol_from_config(cfg)
+    from coredit_video.cli import UsageError, load_config
+    from coredit_video.evaluation.protocol import ProtocolError
+
+    cfg = load_config(args.config, args.cfg_options)
+    try:
+        protocol = protocol_from_config(cfg)
+    except ProtocolError as e:
+        raise UsageError(f"{args.config}: {e}") from None
     names = args.names or [os.path.basename(os.path.normpath(v)) for v in args.videos]
     ratios = args.ratios or ["auto"] * len(args.videos)
     if len(names) != len(args.videos) or len(ratios) != len(args.videos):
@@ -229,4 +234,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -7,7 +7,6 @@ Default output: ``coredit_video/embedded/host/weights/embedded_tiny.pt`` and ``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,7 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     from mmengine.config import Config
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--work-dir", default=None, help="the pre-training run (default: the config's work_dir)")
     ap.add_argument("--ckpt", default=None, help="a checkpoint directory (default: the newest complete one)")
@@ -63,4 +64,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -24,11 +24,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package
 
 from coredit_video import flops as F  # noqa: E402
+from coredit_video.cli import ArgumentParser  # noqa: E402
 from coredit_video.plan import read_plan  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="magicdrive-v2-xl", choices=sorted(F.PRESETS), help="model preset")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--resolution", default="x".join(str(v) for v in F.DEFAULT_RESOLUTION),
@@ -171,4 +172,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

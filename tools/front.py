@@ -10,7 +10,6 @@ time_ratio), ``front.png`` and ``front.md`` (the equal-time win counts) into ``-
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -34,9 +33,12 @@ def win_table(rows, seeds, ours_list, theirs_list, cost: str) -> str:
 
 
 def main(argv=None) -> int:
+    from coredit_video.cli import UsageError, load_train_config
     from coredit_video.front import FRONT_METHODS, FRONT_RATIOS, FrontSettings, run_front
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/tiny_cpu.py", help="the host (train.init_from) and the world")
     ap.add_argument("--out", default="work_dirs/front")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds")
@@ -52,14 +54,9 @@ def main(argv=None) -> int:
                     help="write front.json / front.png / front.md from the rows measured so far (no sampling)")
     ap.add_argument("--temperature", type=float, default=0.05, help="coredit_sharp's temperature")
     args = ap.parse_args(argv)
-    if not os.path.isfile(args.config):
-        print(f"error: config file {args.config!r} not found", file=sys.stderr)
-        return 2
+    load_train_config(args.config)  # every config value checked before the dense scenes are sampled
     if args.bench_json and not os.path.isfile(args.bench_json):
-        print(f"error: --bench-json {args.bench_json!r} not found (run tools/bench_attention.py --json)",
-              file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        raise UsageError(f"--bench-json {args.bench_json!r} not found (run tools/bench_attention.py --json)")
     try:
         s = FrontSettings(config=args.config, out=args.out, seeds=args.seeds, scenes=args.scenes,
                           probe_scenes=args.probe_scenes, probe_every=args.probe_every,
@@ -68,8 +65,8 @@ def main(argv=None) -> int:
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
                           bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     payload = run_front(s)
     rows = payload["rows"]
     ours = [m for m in s.methods if m.startswith("coredit")]
@@ -95,4 +92,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

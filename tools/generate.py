@@ -10,7 +10,6 @@ newest complete checkpoint in ``work_dir``; EMA weights unless ``--no-ema``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -37,7 +36,7 @@ def plan_problem(model, prune_cfg, path: str):
 
 
 def main(argv=None) -> int:
-    from mmengine.config import Config, DictAction
+    from mmengine.config import DictAction
 
     from coredit_video.integrations.magicdrive_runner import run_magicdrive_script, runner_of
 
@@ -45,7 +44,9 @@ def main(argv=None) -> int:
     if first and os.path.isfile(first[0]) and runner_of(first[0]) == "magicdrive_v2":
         return run_magicdrive_script("test_magicdrive.py", first[0])  # MagicDrive-V2 writes its test layout
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     ap.add_argument("--ckpt", default="auto", help="'auto', a checkpoint directory, 'embedded' (the shipped "
@@ -64,16 +65,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--no-gt", action="store_true", help="do not write gt_video/")
     args = ap.parse_args(argv)
+    for name in ("num_samples", "gens", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} {value}: give at least 1")
+    if args.guidance is not None and args.guidance < 0:
+        ap.error(f"--guidance {args.guidance}: the CFG scale is >= 0 (1: no guidance)")
 
     from coredit_video.generation import generate, load_weights, write_codec_reference
     from coredit_video.training.checkpoint import checkpoint_dir, checkpoint_problems, list_checkpoints
-    from coredit_video.training.config import build_train_config
+    from coredit_video.cli import load_train_config
     from coredit_video.training.hosts import build_host_bundle, held_out_data
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    tcfg = build_train_config(cfg)
+    _, tcfg = load_train_config(args.config, args.cfg_options)
     bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, args.num_samples, args.seed_offset), tcfg.seed)
     if args.codec_reference:
         print(json.dumps(write_codec_reference(bundle, args.out, bundle.codec, write_gt=not args.no_gt), indent=2))
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
     rflow = tcfg.rflow
-    if args.steps:
+    if args.steps is not None:
         rflow = dataclasses.replace(rflow, num_sampling_steps=args.steps)
     if args.guidance is not None:
         rflow = dataclasses.replace(rflow, cfg_scale=args.guidance)
@@ -127,4 +131,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -10,7 +10,6 @@ generation; six cameras, frame 0), ``metrics.json`` and ``metrics.md`` into ``--
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -78,7 +77,9 @@ def loss_curve(log_paths, out_png: str) -> dict:
 def main(argv=None) -> int:
     from mmengine.config import Config
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/tiny_cpu.py", help="a config whose data and model the host fits")
     ap.add_argument("--eval-config", default="configs/eval_tiny_cpu.py")
     ap.add_argument("--train-log", required=True, nargs="+", help="train.log of each pre-training stage, in order")
@@ -143,4 +144,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -26,7 +26,6 @@ sees the same inputs. ``--methods`` adds registered methods of the table (``core
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import dataclasses
 import json
@@ -113,7 +112,9 @@ def reduced_outputs(attn, x, hw: Tuple[int, int], ratio: float, layout, bands: i
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/tiny_cpu.py")
     ap.add_argument("--scenes", type=int, default=2, help="held-out scenes (seed offset 1000)")
     ap.add_argument("--sampling-steps", type=int, default=None, help="default: rflow.num_sampling_steps")
@@ -129,22 +130,22 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown method(s) {unknown}; choose from {list(method_names())}", file=sys.stderr)
         return 2
-    if not os.path.isfile(args.config):
-        print(f"error: config file {args.config!r} not found", file=sys.stderr)
-        return 2
+    from coredit_video.cli import load_train_config
+
+    _, tcfg = load_train_config(args.config)
+    bad = [r for r in args.ratios if not 0.0 < r < 1.0]
+    if bad or args.scenes < 1 or (args.sampling_steps is not None and args.sampling_steps < 1):
+        ap.error(f"--ratios must lie in (0, 1) (got {bad or args.ratios}); --scenes and --sampling-steps >= 1")
 
     import torch
-    from mmengine.config import Config
     from tqdm import tqdm
 
     from coredit_video.attention.backends import dense_self_attention
     from coredit_video import apply as apply_pruning
     from coredit_video.plugin import remove
     from coredit_video.sampling import sample
-    from coredit_video.training.config import build_train_config
     from coredit_video.training.hosts import build_host_bundle, held_out_data
 
-    tcfg = build_train_config(Config.fromfile(args.config))
     rflow = tcfg.rflow if args.sampling_steps is None else \
         dataclasses.replace(tcfg.rflow, num_sampling_steps=args.sampling_steps)
     bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, args.scenes, 1000), tcfg.seed)
@@ -208,4 +209,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None) -> int:
     from mmengine.config import Config, DictAction
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from coredit_video.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="mmengine config file (configs/*.py)")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                     help="override config keys, e.g. train.steps=10 schedule.interval=2")
@@ -72,4 +74,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from coredit_video.cli import run_cli
+
+    sys.exit(run_cli(main))
