@@ -60,6 +60,7 @@ except ImportError:  # pragma: no cover
         @staticmethod
         def set_mode(mode):
             return mode
+from coredit_video.cli import fail  # noqa: E402
 from coredit_video.attention import BlockGeometry, dense_self_attention, pruned_self_attention  # noqa: E402
 from coredit_video.embedded.host.layers import Attention  # noqa: E402
 from coredit_video.flops import tokens_for_resolution  # noqa: E402
@@ -86,10 +87,6 @@ def parse_frames(text: str) -> dict:
     return out
 
 
-def fail(message: str) -> None:
-    """One line on stderr naming the fix, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def device_name(device: torch.device) -> str:

@@ -56,6 +56,7 @@ import coredit_video as cv  # noqa: E402
 from coredit_video import kernels  # noqa: E402
 from coredit_video.flops import PRESETS, count_flops, parse_hw  # noqa: E402
 from coredit_video.ops.selection import check_ratio  # noqa: E402
+from coredit_video.cli import fail  # noqa: E402
 from coredit_video.plan import read_plan  # noqa: E402
 from coredit_video.embedded.host import MultiViewSTDiT, host_config  # noqa: E402
 from coredit_video.embedded.host.mv_stdit import HOST_PRESETS  # noqa: E402
@@ -415,10 +416,6 @@ def main(argv=None) -> dict:
     return result
 
 
-def fail(message: str) -> None:
-    """One line on stderr naming the fix, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_list(text: str, name: str, conv) -> list:
