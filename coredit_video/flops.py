@@ -78,7 +78,9 @@ coredit_kv          ``4NC^2 + 4RC^2 + 4NRC`` (all queries)     scoring ``6NC``
 todo                as coredit_kv with ``R' = N - 3 ceil(K/3)``  cell ranking ``4NC`` + pooling ``NC``
 tome                as coredit, ``K <= Ns``                    normalise ``3NC`` + ``2 Ns Nd C`` + max
                                                                ``Ns Nd`` + sort ``Ns ceil(log2 Ns)`` + merge
-                                                               ``KC + RC`` + unmerge ``NC``
+                                                               ``KC + RC`` + unmerge ``NC`` + ``log(size)``
+                                                               bias ``heads R^2``
+tomesd              as tome                                    as tome, without the bias
 ==================  =========================================  ==========================================
 
 CoReDiT's selection (top-K of ``N`` scalar scores per band) and its gathers are not counted in the attention
@@ -86,7 +88,7 @@ scope, as before; ToMe's sort is (``Ns ceil(log2 Ns)``), as the spec asks. ToDo 
 ``floor(H/2) floor(W/2)`` whole 2x2 cells (each removes 3 keys), so it drops ``3 ceil(K/3)`` keys, at most
 ``3 * cells`` and at most ``N - 1``. ToMe has one destination per 2x2 cell (``Nd = ceil(H/2) ceil(W/2)``,
 ``Ns = N - Nd``) and merges ``min(K, Ns)`` sources. Cross-view pruning (``cross_view`` ``kv``/``qkv``)
-reuses CoReDiT's retained set; ``todo`` and ``tome`` have none, so they refuse it.
+reuses CoReDiT's retained set; ``todo``, ``tome`` and ``tomesd`` have none, so they refuse it.
 
 Scope (``scope=``, CLI ``--scope``)
 ----------------------------------
@@ -221,7 +223,7 @@ DEFAULT_RESOLUTION = (848, 1600)
 
 METHODS: Tuple[str, ...] = (
     "coredit", "random", "no_reconstruction", "coredit_copy", "coredit_sharp", "coredit_merge",
-    "coredit_kv", "todo", "tome",
+    "coredit_kv", "todo", "tome", "tomesd",
 )
 """Token-reduction methods whose work :func:`count_flops` counts (``method=``)."""
 SCOPES: Tuple[str, ...] = ("attention", "block")
@@ -231,7 +233,8 @@ BLOCK_SCOPE_METHODS: Tuple[str, ...] = (
 )
 """Methods with a retained set and a restoration rule, hence a block scope."""
 _KV_ONLY_METHODS = ("coredit_kv", "todo")
-_NO_CROSS_VIEW_METHODS = ("todo", "tome")
+_NO_CROSS_VIEW_METHODS = ("todo", "tome", "tomesd")
+_TOME_METHODS = ("tome", "tomesd")
 DEFAULT_GRIDS: Tuple[Tuple[Tuple[int, int], Tuple[int, int]], ...] = (((8, 8), (4, 4)), ((6, 6), (3, 3)))
 """``(grid, subgrid)`` per block, block ``l`` uses entry ``l % len``: ``PruneConfig.grids``' default."""
 SOFTMAX_FLOPS_PER_ELEMENT = 5
@@ -557,7 +560,7 @@ def method_skipped(method: str, hw: Tuple[int, int], skipped: int) -> int:
     """Tokens (``tome``: merged sources; ``coredit_kv``/``todo``: dropped keys) a ``method`` removes per frame
     for a CoReDiT budget of ``skipped``."""
     _check_method(method)
-    if method == "tome":
+    if method in _TOME_METHODS:
         H, W = hw
         return min(skipped, H * W - tome_destinations(hw))
     if method == "todo":
@@ -626,12 +629,15 @@ def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int
         return {}
     kept = n - skipped
     S = subgrid[0] * subgrid[1]
-    if method == "tome":
+    if method in _TOME_METHODS:
         nd = tome_destinations(hw)
         ns = n - nd
-        return {"cosine_normalise": cosine_normalise_flops(n, C), "tome_similarity": tome_similarity_flops(ns, nd, C),
-                "tome_max": tome_max_flops(ns, nd), "tome_sort": tome_sort_flops(ns),
-                "tome_merge": tome_merge_flops(skipped, kept, C), "unmerge": unmerge_flops(n, C)}
+        terms = {"cosine_normalise": cosine_normalise_flops(n, C), "tome_similarity": tome_similarity_flops(ns, nd, C),
+                 "tome_max": tome_max_flops(ns, nd), "tome_sort": tome_sort_flops(ns),
+                 "tome_merge": tome_merge_flops(skipped, kept, C), "unmerge": unmerge_flops(n, C)}
+        if method == "tome":
+            terms["proportional_attention"] = proportional_attention_flops(heads, kept, kept)
+        return terms
     if method == "todo":
         return {"todo_rank": todo_rank_flops(n, C), "todo_pool": todo_pool_flops(n, C)}
     terms = {"scoring": scoring_flops(n, C)}

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("coredit.front")
 
-FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "todo",
-                 "coredit@block", "coredit_copy@block", "coredit_merge@block")
+FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "tomesd",
+                 "todo", "coredit@block", "coredit_copy@block", "coredit_merge@block")
 FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio")
 

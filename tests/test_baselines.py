@@ -124,6 +124,62 @@ def test_token_merging_in_attention_attends_over_the_budget():
     assert seen == [HW[0] * HW[1] - K] and y.shape == x.shape
 
 
+def test_tome_carries_the_proportional_bias_and_tomesd_does_not():
+    x = _x(frames=2)
+    K = sum(band_budgets(HW, 0.4, LAYOUT.stride, LAYOUT.ordinal, 2))
+    ref = _naive_merge(x, HW, K)
+    seen = {}
+
+    def attend(name):
+        def run(a, red):
+            seen[name] = red.log_size
+            return red.q
+        return run
+
+    for name in ("tome", "tomesd"):
+        pruned_self_attention(Attention(32, 4), x, HW, 0.4, LAYOUT, 2, attend=attend(name), method=name)
+    assert seen["tomesd"] is None
+    n_kept = HW[0] * HW[1] - K - len([1 for i in range(HW[0]) for j in range(HW[1]) if i % 2 == 0 and j % 2 == 0])
+    for f in range(2):  # each merged token's size: 1 + the sources merged into it (1 for a kept source)
+        size = torch.ones(HW[0] * HW[1] - K)
+        for row in ref[f][1].values():
+            size[row] += 1
+        assert (size[:n_kept] == 1).all()
+        torch.testing.assert_close(seen["tome"][f], size.log())
+
+
+def test_tome_on_the_built_in_host_biases_its_attention(monkeypatch):
+    import coredit_video as cv
+    import coredit_video.attention.pruned as pruned
+    from coredit_video.embedded.host import MultiViewSTDiT, host_config
+
+    biases = []
+    real = pruned.dense_self_attention
+
+    def spy(attn, q, backend, kv=None, bias=None):
+        biases.append(bias)
+        return real(attn, q, backend, kv, bias)
+
+    monkeypatch.setattr(pruned, "dense_self_attention", spy)
+    torch.manual_seed(0)
+    model = MultiViewSTDiT(host_config("tiny")).eval()
+    g = torch.Generator().manual_seed(1)
+    inp = dict(x=torch.randn(1, 6, 4, 2, 16, 20, generator=g), timestep=torch.tensor([300.0]),
+               y=torch.randn(1, 5, 32, generator=g), cams=torch.randn(1, 6, 12, generator=g),
+               bev_map=torch.randn(1, 3, 16, 16, generator=g))
+    outs = {}
+    for name in ("tome", "tomesd"):
+        biases.clear()
+        cv.apply(model, dict(ratios=0.35, method=name))
+        with torch.no_grad():
+            outs[name] = model(**inp)
+        cv.remove(model)
+        assert biases and all((b is not None) == (name == "tome") for b in biases)
+        if name == "tome":
+            assert all(float(b.max()) > 0 for b in biases)  # some key stands for more than one token
+    assert not torch.equal(outs["tome"], outs["tomesd"])
+
+
 def test_unknown_method_is_refused():
     from coredit_video.config import PruneConfig
 

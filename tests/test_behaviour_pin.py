@@ -32,7 +32,8 @@ CASES = {
     "cross_view_kv": dict(cross_view="kv"),
     "random": dict(method="random"),
     "no_reconstruction": dict(method="no_reconstruction"),
-    "tome": dict(method="tome"),
+    "tomesd": dict(method="tomesd"),  # the pin's first "tome" (tomesd's form), bit-equal since
+    "tome": dict(method="tome"),  # ToMe with proportional attention (added with tomesd)
 }
 PARAMS = ("base_blocks_s.0.attn.qkv.weight", "base_blocks_s.1.cross_view_attn.qkv.weight",
           "base_blocks_s.1.mlp.fc1.weight", "control_blocks_s.0.attn.proj.weight")

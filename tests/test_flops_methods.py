@@ -36,7 +36,9 @@ BY_HAND = {
     # ceil(9 / 3) = 3 cells of 2 x 2 pooled: 9 keys fewer, R' = 27; rank 4nC + pool nC
     "todo": (KV_R, 4 * n * C + n * C),
     # Nd = 3 * 3 = 9 destinations, Ns = 27; sort 27 * ceil(log2 27) = 27 * 5
-    "tome": (SA_R, NORM + 2 * 27 * 9 * C + 27 * 9 + 27 * 5 + (K * C + R * C) + n * C),
+    # tome adds ToMe's proportional attention: log(size) on each of the R x R logits per head; tomesd does not
+    "tome": (SA_R, NORM + 2 * 27 * 9 * C + 27 * 9 + 27 * 5 + (K * C + R * C) + n * C + HEADS * R * R),
+    "tomesd": (SA_R, NORM + 2 * 27 * 9 * C + 27 * 9 + 27 * 5 + (K * C + R * C) + n * C),
 }
 
 
@@ -191,7 +193,7 @@ def test_xl_block_scope_numbers():
         (dict(method="tome", cross_view="kv"), ("tome", "--cross-view off")),
         (dict(method="todo", cross_view="qkv"), ("todo", "--cross-view off")),
         (dict(scope="block", cross_view_select="fresh"), ("fresh", "--cross-view-select self")),
-        (dict(method="tomesd"), ("method", "coredit_merge")),
+        (dict(method="tomee"), ("method", "coredit_merge")),
         (dict(scope="layer"), ("scope", "attention")),
     ],
 )

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     payload = run_front(s)
     rows = payload["rows"]
     ours = [m for m in s.methods if m.startswith("coredit")]
-    theirs = [m for m in s.methods if m in ("tome", "todo")]
+    theirs = [m for m in s.methods if m in ("tome", "tomesd", "todo")]
     md = ["# The quality-vs-cost front (training-free)", "",
           "Equal-cost win counts: at each of the other method's points, is ours' fidelity PSNR (interpolated along "
           "its line at the same cost) at or above? `n of m`: m points counted: those inside ours' cost range, and "

@@ -17,10 +17,11 @@ from .coredit_sharp import CoReDiTSharp
 from .no_reconstruction import NoReconstruction
 from .random_selection import RandomSelection
 from .todo import TokenDownsampling
-from .tome import TokenMerging
+from .tome import TokenMerging, TokenMergingSD
 
 _BUILTIN: Tuple[Type[TokenReducer], ...] = (CoReDiT, CoReDiTCopy, CoReDiTSharp, CoReDiTMerge, CoReDiTKV,
-                                            RandomSelection, NoReconstruction, TokenMerging, TokenDownsampling)
+                                            RandomSelection, NoReconstruction, TokenMerging, TokenMergingSD,
+                                            TokenDownsampling)
 REGISTRY: Dict[str, Type[TokenReducer]] = {}
 
 

@@ -1,13 +1,17 @@
-"""Token merging after ToMe / tomesd (bipartite soft matching), the quality study's strongest baseline.
+"""Token merging (bipartite soft matching), the quality study's strongest baseline, in two forms.
 
 One destination token per 2x2 cell, every other token a source; the ``K`` sources most similar (cosine) to their
 best destination are averaged into it before attention and copy its output after. ``K`` is CoReDiT's budget, so
 both attend over ``N - K`` tokens. The matching is quadratic in ``N`` (every source against every destination).
 Not under sequence parallelism: a frame's matching needs all its tokens.
+
+- ``tome``: as the ToMe paper (Bolya et al. 2023), with proportional attention: every query's logit of a merged
+  key gets ``log(size)``, the number of tokens it stands for, so a merged token weighs as its members would.
+- ``tomesd``: as tomesd (ToMe for Stable Diffusion), which drops the proportional attention.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -22,9 +26,9 @@ def destination_mask(hw: Tuple[int, int], device=None) -> torch.Tensor:
     return ((r % 2 == 0) & (c % 2 == 0)).reshape(-1)
 
 
-def bipartite_merge(x: torch.Tensor, hw: Tuple[int, int], k: int
-                    ) -> Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Merge ``k`` tokens of each frame ``x [F, N, C]`` -> ``([F, N - k, C], unmerge)``.
+def bipartite_merge(x: torch.Tensor, hw: Tuple[int, int], k: int, sizes: bool = False):
+    """Merge ``k`` tokens of each frame ``x [F, N, C]`` -> ``([F, N - k, C], unmerge)``, and with ``sizes`` also
+    ``size [F, N - k]`` float32: how many tokens each merged token averages (1 for an unmerged source).
 
     ``unmerge(y [F, N - k, C]) -> [F, N, C]``: every token gets the output of the token it became.
     """
@@ -64,20 +68,29 @@ def bipartite_merge(x: torch.Tensor, hw: Tuple[int, int], k: int
         out[:, dst_idx] = y_dst
         return out
 
-    return merged, unmerge
+    if not sizes:
+        return merged, unmerge
+    size = torch.cat([counts.new_ones(Fr, Ns - k), counts.view(Fr, Nd)], dim=1).float()
+    return merged, unmerge, size
 
 
 class TokenMerging(TokenReducer):
     name = "tome"
     uses_scores = False
     supports_sp = False
+    proportional = True  # log(size) on every query's logit of a merged key
 
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> int:
         return geo.skipped
 
     def reduce(self, x: torch.Tensor, k: int, geo: CallGeometry) -> Reduced:
-        merged, unmerge = bipartite_merge(x, geo.hw, k)
-        return Reduced(merged, state=unmerge)
+        merged, unmerge, size = bipartite_merge(x, geo.hw, k, sizes=True)
+        return Reduced(merged, log_size=size.log() if self.proportional else None, state=unmerge)
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, k: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
         return red.state(y)
+
+
+class TokenMergingSD(TokenMerging):
+    name = "tomesd"
+    proportional = False
