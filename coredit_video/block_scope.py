@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from . import kernels
 from .execution import rank_call, sp_size_of
+from .methods import Reduced, Selection, gather_tokens
+from .step_cache import CacheEntry, stale_first_selection
 
 
 def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
@@ -39,6 +41,11 @@ def _set(args: tuple, kwargs: dict, where: Tuple[int, str], value) -> Tuple[tupl
     if len(args) > i:
         return args[:i] + (value,) + args[i + 1:], kwargs
     return args, dict(kwargs, **{k: value})
+
+
+def _keep_inputs(controller, frames: torch.Tensor):
+    """The block inputs a dense step caches for ``cache_select="change"`` (``None`` for the other rules)."""
+    return frames.detach().clone() if controller.cfg.cache_select == "change" else None
 
 
 def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -56,13 +63,34 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         sc = kernels.spatial_coherence(frames, geo.hw, geo.block.grid, geo.bands)
     if controller.collecting_stats:
         controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
+    cache = controller.step_cache
+    slot = call.ctx.slot if cache is not None else None
+    entry = cache.get(slot, ordinal, frames) if slot is not None else None
     if geo.skipped == 0:
-        return forward(block, *args, **kwargs)
+        out = forward(block, *args, **kwargs)
+        if slot is not None:  # a dense step fills the cache with every token's residual
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            residual = (first.reshape(BN * T, S, C) - frames).detach()
+            cache.put(slot, ordinal, CacheEntry(residual, torch.zeros(BN * T, S, dtype=torch.int16, device=x.device),
+                                                _keep_inputs(controller, frames)))
+            cache.realized.append((call.ctx.step, ordinal, 0.0))
+        return out
     if call.counts is not None and len(set(call.counts)) > 1:
         raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
                          f"counts on every rank, got {call.counts}; lower the ratio (or use scope='attention')")
-    sel = method.select(frames, geo, sc)
-    red = method.reduce(frames, sel, geo)
+    if entry is not None:  # the cache replaces the method's restoration: the freshest tokens skip, the stalest run
+        cfg = controller.cfg
+        change = None
+        if entry.inputs is not None:  # relative move of each token's input since it was last computed
+            change = (frames - entry.inputs).norm(dim=-1) / entry.inputs.norm(dim=-1).clamp_min(1e-6)
+        keep, skip = stale_first_selection(
+            sc, entry.age, geo.hw, geo.budgets, geo.block.stride, geo.block.ordinal + call.ctx.step, geo.bands,
+            cfg.max_stale, cfg.cache_select, seed=(call.ctx.step * 131 + ordinal) * 7 + slot,
+            group=controller.sp_group if call.counts is not None else None, change=change)
+        sel, red = Selection(keep, skip, sc), Reduced(gather_tokens(frames, keep))
+    else:
+        sel = method.select(frames, geo, sc)
+        red = method.reduce(frames, sel, geo)
     kept = red.q  # [BN*T, S', C]
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
@@ -77,7 +105,21 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
                              "(output 1 = block.<name>(output 0)); use scope='attention'")
         out = out[0]
     out_kept = out.reshape(BN * T, R, C)
-    residual = method.restore(out_kept - kept, frames, sel, red, geo)  # [BN*T, S, C]
+    if entry is not None:
+        # the computed tokens' new residuals over the cache (gradients reach them; cached rows are constants)
+        residual = entry.residual.to(out_kept.dtype).scatter(1, sel.keep.unsqueeze(-1).expand(-1, -1, C),
+                                                             out_kept - kept)
+    else:
+        residual = method.restore(out_kept - kept, frames, sel, red, geo)  # [BN*T, S, C]
+    if slot is not None:
+        age = (entry.age + 1) if entry is not None else torch.ones(BN * T, S, dtype=torch.int16, device=x.device)
+        age = age.scatter(1, sel.keep, 0)
+        inputs = None
+        if controller.cfg.cache_select == "change":
+            idx = sel.keep.unsqueeze(-1).expand(-1, -1, C)
+            inputs = frames.detach() if entry is None else entry.inputs.scatter(1, idx, kept.detach())
+        cache.put(slot, ordinal, CacheEntry(residual.detach(), age, inputs))
+        cache.realized.append((call.ctx.step, ordinal, sel.skip.shape[1] / S))
     full = (frames + residual).reshape(BN, L, C)
     if derived is None:
         return full

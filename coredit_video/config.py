@@ -44,6 +44,14 @@ class PruneConfig:
         :mod:`coredit_video.block_scope`; cross-view attention is then on the retained tokens whatever
         ``cross_view`` says).
     temperature: softmax temperature of ``coredit_sharp``'s weights (cosine similarity / temperature).
+    step_cache: block scope only: a skipped token takes its own block residual from the last step that computed
+        it (:mod:`coredit_video.step_cache`) instead of one rebuilt from its neighbours; the m-stride pattern
+        shifts each step and the stalest tokens are computed first.
+    max_stale: with ``step_cache``, no token goes more than this many steps without being computed (``None``: no
+        cap beyond the m-stride rotation, which computes every token at least every ``stride`` steps).
+    dense_steps: the first this many denoising steps run dense (``set_step``), with or without the cache.
+    cache_select: with ``step_cache``, what decides among equally stale tokens: ``"coherence"`` (CoReDiT's
+        score: the most coherent is skipped), ``"staleness"`` (token order) or ``"random"``.
     """
 
     adapter: str = "auto"
@@ -62,6 +70,10 @@ class PruneConfig:
     method: str = "coredit"
     scope: str = "attention"
     temperature: float = 0.05
+    step_cache: bool = False
+    max_stale: Optional[int] = None
+    dense_steps: int = 0
+    cache_select: str = "coherence"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
@@ -118,6 +130,19 @@ class PruneConfig:
             raise ValueError(f"method {self.method!r} has no block scope (its restoration cannot rebuild a block "
                              "residual); use scope='attention' or a CoReDiT rule (coredit, coredit_copy, "
                              "coredit_sharp, coredit_merge)")
+        if not isinstance(self.step_cache, bool):
+            raise ValueError(f"step_cache must be True or False, got {self.step_cache!r}")
+        if self.step_cache and self.scope != "block":
+            raise ValueError("step_cache caches block residuals: set scope='block' (or step_cache=False)")
+        if self.max_stale is not None and (isinstance(self.max_stale, bool) or not isinstance(self.max_stale, int)
+                                           or self.max_stale < 1):
+            raise ValueError(f"max_stale must be None or an int >= 1 (steps), got {self.max_stale!r}")
+        if isinstance(self.dense_steps, bool) or not isinstance(self.dense_steps, int) or self.dense_steps < 0:
+            raise ValueError(f"dense_steps must be an int >= 0, got {self.dense_steps!r}")
+        from .step_cache import CACHE_SELECT
+
+        if self.cache_select not in CACHE_SELECT:
+            raise ValueError(f"cache_select must be one of {CACHE_SELECT}, got {self.cache_select!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")

@@ -17,8 +17,9 @@ from .methods import BlockGeometry, CallGeometry, build_method
 from .ops import redundancy_increment
 from .ops.selection import check_ratio
 from .plan import PLAN_VERSION, Plan, grids_json, read_plan, write_plan
+from .step_cache import StepCache
 
-PHASES = ("main", "late")
+PHASES = ("main", "late", "dense")  # "dense": the first prune.dense_steps steps, ratio 0
 
 
 class PruningController:
@@ -38,6 +39,7 @@ class PruningController:
         ]
         self._ratios = [0.0] * len(blocks)
         self.phase = "main"
+        self.step_cache: Optional[StepCache] = StepCache() if cfg.step_cache else None
         self.enabled = True
         self.sp_group = None  # set by apply() from the adapter
         self.hooks = HookBinding()
@@ -87,23 +89,34 @@ class PruningController:
         return sum(self._ratios) / max(1, len(self))
 
     def effective_ratio(self, ordinal: int, phase: Optional[str] = None) -> float:
-        """``r_l`` in the main phase, ``c * r_l`` in the last ``late_steps`` steps; 0 when disabled."""
-        if not self.enabled:
+        """``r_l`` in the main phase, ``c * r_l`` in the last ``late_steps`` steps; 0 when disabled or in the first
+        ``dense_steps`` steps."""
+        phase = phase or self.phase
+        if not self.enabled or phase == "dense":
             return 0.0
         r = self._ratios[ordinal]
-        return r * self.cfg.late_factor if (phase or self.phase) == "late" else r
+        return r * self.cfg.late_factor if phase == "late" else r
 
     # ------------------------------------------------------------------ phase and frame
     def set_phase(self, phase: str) -> None:
+        """Set the phase by hand (training, or after a sampling loop): the step cache, if any, is dropped."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.phase = phase
+        if self.step_cache is not None:
+            self.step_cache.end_loop()
 
     def set_step(self, step_index: int, num_steps: int) -> str:
-        """Sampler hook: step ``i`` of ``num_steps`` (0-based); the last ``late_steps`` are 'late'."""
+        """Sampler hook: step ``i`` of ``num_steps`` (0-based); the first ``dense_steps`` are 'dense', the last
+        ``late_steps`` 'late'. Step 0 starts a fresh step cache."""
         if not 0 <= step_index < num_steps:
             raise ValueError(f"step_index {step_index} outside [0, {num_steps})")
-        self.set_phase("late" if step_index >= num_steps - self.cfg.late_steps else "main")
+        if step_index < self.cfg.dense_steps:
+            self.phase = "dense"
+        else:
+            self.phase = "late" if step_index >= num_steps - self.cfg.late_steps else "main"
+        if self.step_cache is not None:
+            self.step_cache.start_step(step_index, num_steps)
         return self.phase
 
     @property
@@ -119,7 +132,10 @@ class PruningController:
     def begin_forward(self, hw: Optional[Tuple[int, int]] = None, width: Optional[int] = None) -> ForwardContext:
         """Adapter hook at a model forward: opens its context with the current phase (see
         :meth:`ForwardTracker.begin_forward`)."""
-        return self.forwards.begin_forward(self.phase, hw, width)
+        ctx = self.forwards.begin_forward(self.phase, hw, width)
+        if self.step_cache is not None:
+            ctx.step, ctx.slot = self.step_cache.step, self.step_cache.begin_forward()
+        return ctx
 
     def set_frame(self, hw: Tuple[int, int]) -> ForwardContext:
         """Open a context for frames of ``(H, W)`` tokens (to call the patched attentions directly)."""

@@ -23,7 +23,8 @@ class ForwardContext:
     frame (``width`` alone until a host reveals the height at its first block). ``views``: where each
     cross-view row's frames sit (set by the adapter when cross-view pruning is on). ``budgets``: per-band
     skip counts per ``(block, ratio)``, computed once. ``retained``: the selection each block's
-    self-attention made, held until that block's cross-view attention takes it.
+    self-attention made, held until that block's cross-view attention takes it. ``step`` / ``slot``: the
+    sampling step and which of its forwards this is, with a step cache (``None`` otherwise).
     """
 
     phase: str
@@ -32,6 +33,8 @@ class ForwardContext:
     views: Optional[ViewPairs] = None
     budgets: Dict[Tuple[int, float], List[int]] = field(default_factory=dict)
     retained: Dict[int, Optional[Selection]] = field(default_factory=dict)
+    step: Optional[int] = None  # the sampling step, when a step cache runs (:mod:`coredit_video.step_cache`)
+    slot: Optional[int] = None  # which forward of that step: its cache entries
 
 
 class ForwardTracker:

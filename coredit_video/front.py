@@ -15,6 +15,7 @@ written at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -26,7 +27,8 @@ log = logging.getLogger("coredit.front")
 FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "tomesd",
                  "todo", "coredit@block", "coredit_copy@block", "coredit_merge@block")
 FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio")
+ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio",
+              "steps", "cost_flops", "scope", "host")
 
 
 @dataclasses.dataclass
@@ -47,6 +49,8 @@ class FrontSettings:
     preset: str = "magicdrive-v2-xl"
     temperature: float = 0.05
     render_only: bool = False  # write front.json / .png from the rows measured so far, measure nothing
+    max_stale: Optional[int] = 2  # lines METHOD@block+cache: prune.max_stale
+    dense_steps: int = 1  # lines METHOD@block+cache: prune.dense_steps
 
     def __post_init__(self):
         from .config import SCOPES
@@ -73,21 +77,69 @@ class FrontSettings:
             raise ValueError(f"--sampling-steps {self.sampling_steps}: give at least 1")
         if self.probe_every < 1 or self.probe_scenes < 0:
             raise ValueError("--probe-every must be >= 1 and --probe-scenes >= 0")
+        no_cache = [m for m in lines if m.endswith(CACHE_SUFFIX) and split_line(m)[1] != "block"]
+        if no_cache:
+            raise ValueError(f"{no_cache}: the step cache runs in block scope; write METHOD@block{CACHE_SUFFIX}")
+        if self.max_stale is not None and self.max_stale < 1 or self.dense_steps < 0:
+            raise ValueError(f"--max-stale {self.max_stale} / --dense-steps {self.dense_steps}: give >= 1 / >= 0")
+        bad_probe = [m for m in self.probe_methods if m.endswith(CACHE_SUFFIX)]
+        if bad_probe:
+            raise ValueError(f"{bad_probe}: the attention-error probe measures attention-scope lines only")
+
+
+CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
+
+
+def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
+    """The ``prune`` settings of a front line: its method and scope, and the step cache's for a ``+cache`` line."""
+    method, scope = split_line(line)
+    out: Dict[str, Any] = dict(method=method, scope=scope)
+    if line.endswith(CACHE_SUFFIX):
+        out.update(step_cache=True, max_stale=s.max_stale, dense_steps=s.dense_steps)
+    return out
 
 
 def split_line(line: str) -> Tuple[str, str]:
-    """A front line ``"method"`` or ``"method@block"`` -> ``(method, scope)``."""
+    """A front line ``"method"``, ``"method@block"`` or ``"method@block+cache"`` -> ``(method, scope)``."""
+    if line.endswith(CACHE_SUFFIX):
+        line = line[:-len(CACHE_SUFFIX)]
     method, _, scope = line.partition("@")
     return method, scope or "attention"
 
 
+@functools.lru_cache(maxsize=4096)
 def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: str) -> float:
     """Counted FLOPs of the whole model with a front line at ``ratio`` over dense's (overhead included)."""
     from .flops import count_flops
 
+    if ratio <= 0.0:
+        return 1.0
     method, scope = split_line(line)
     res = count_flops(preset, resolution=resolution, ratios=ratio, method=method, scope=scope)
     return 1.0 - float(res["total_reduction"])
+
+
+def run_cost_flops(preset: str, resolution: Tuple[int, int], line: str, step_ratios: Sequence[float]) -> float:
+    """Counted FLOPs of a whole sampling run over the dense run of as many steps: the mean over its steps of
+    :func:`flops_ratio` at each step's ratio (the late-step decay, dense steps and the step cache's realised skips
+    included; every step runs the same model forwards, so guidance scales both runs alike)."""
+    return sum(flops_ratio(preset, tuple(resolution), round(float(r), 4), line) for r in step_ratios) / len(step_ratios)
+
+
+def step_ratios(ctrl, num_steps: int, realized: Optional[Sequence[Tuple[int, int, float]]] = None) -> List[float]:
+    """The ratio each of ``num_steps`` sampling steps ran at: the step cache's realised skip fractions (mean over
+    its block calls) when given, else the schedule's (mean effective ratio over the blocks in that step's phase)."""
+    if realized:
+        per: Dict[int, List[float]] = {}
+        for step, _, frac in realized:
+            per.setdefault(step, []).append(frac)
+        return [sum(per[i]) / len(per[i]) if i in per else 0.0 for i in range(num_steps)]
+    out = []
+    for i in range(num_steps):
+        phase = ctrl.set_step(i, num_steps)
+        out.append(sum(ctrl.effective_ratio(b, phase) for b in range(len(ctrl))) / len(ctrl))
+    ctrl.set_phase("main")
+    return out
 
 
 def bench_time_ratios(path: Optional[str], resolution: Tuple[int, int]) -> Dict[Tuple[str, float], float]:
@@ -258,18 +310,25 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
-            method, scope = split_line(m)
-            ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, method=method, scope=scope))
+            prune = line_prune(m, s)
+            ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, **prune))
             p_sum = s_sum = 0.0
             n = 0
+            realized: List[Tuple[int, int, float]] = []
             for i in range(s.scenes):
-                for a, b in zip(run(seed, i, ctrl), dense[i]):
+                frames = run(seed, i, ctrl)
+                if ctrl.step_cache is not None:
+                    realized += ctrl.step_cache.realized
+                for a, b in zip(frames, dense[i]):
                     p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
                     s_sum += float(ssim(a, b, 255.0).mean())
                     n += 1
+            per_step = step_ratios(ctrl, rflow.num_sampling_steps, realized)
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m))
+                       attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
+                       steps=rflow.num_sampling_steps, scope=prune["scope"], host=s.config,
+                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step))
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

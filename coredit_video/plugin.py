@@ -82,6 +82,8 @@ def remove(model: nn.Module) -> bool:
         attn.__dict__.pop("forward", None)
         attn.__dict__.pop("_coredit", None)
     controller.hooks.remove()
+    if controller.step_cache is not None:
+        controller.step_cache.end_loop()  # the cached residuals are freed with the patch
     return True
 
 

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--render-only", action="store_true",
                     help="write front.json / front.png / front.md from the rows measured so far (no sampling)")
     ap.add_argument("--temperature", type=float, default=0.05, help="coredit_sharp's temperature")
+    ap.add_argument("--max-stale", type=int, default=2, help="METHOD@block+cache lines: prune.max_stale")
+    ap.add_argument("--dense-steps", type=int, default=1, help="METHOD@block+cache lines: prune.dense_steps")
     args = ap.parse_args(argv)
     load_train_config(args.config)  # every config value checked before the dense scenes are sampled
     if args.bench_json and not os.path.isfile(args.bench_json):
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
                           probe_methods=[m for m in args.probe_methods.split(",") if m],
                           sampling_steps=args.sampling_steps,
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
-                          bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only)
+                          bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only,
+                          max_stale=args.max_stale, dense_steps=args.dense_steps)
     except ValueError as e:
         raise UsageError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -78,13 +81,13 @@ def main(argv=None) -> int:
           "point: a win; cheaper than all of ours and above ours' cheapest: a loss).", ""]
     for cost in ("time_ratio", "flops_ratio"):
         md += [win_table(rows, list(s.seeds), ours, theirs, cost), ""]
-    md += ["| method | ratio | seed | fidelity PSNR | SSIM | attn error % | FLOPs / dense | time / dense |",
-           "|---|---|---|---|---|---|---|---|"]
+    md += ["| method | ratio | seed | fidelity PSNR | SSIM | attn error % | FLOPs / dense | time / dense | steps | "
+           "whole-run FLOPs / dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
         md.append(f"| {r['method']} | {r['ratio']:.1f} | {r['seed']} | {fmt(r['fidelity_PSNR'], 2)} | "
                   f"{fmt(r['fidelity_SSIM'], 4)} | {fmt(r['attn_error'], 2)} | {fmt(r['flops_ratio'], 3)} | "
-                  f"{fmt(r['time_ratio'], 3)} |")
+                  f"{fmt(r['time_ratio'], 3)} | {r.get('steps', '-')} | {fmt(r.get('cost_flops'), 3)} |")
     with open(os.path.join(args.out, "front.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

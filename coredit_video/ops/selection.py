@@ -68,7 +68,8 @@ def check_ratio(ratio, max_ratio: Optional[float] = None, name: str = "pruning r
 
 
 def select_tokens(
-    sc: torch.Tensor, hw, ratio: float, stride: int, block_index: int, bands: int = 1
+    sc: torch.Tensor, hw, ratio: float, stride: int, block_index: int, bands: int = 1,
+    budgets: Optional[List[int]] = None, must_keep: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split each frame's tokens into retained and skipped ones.
 
@@ -79,6 +80,9 @@ def select_tokens(
         stride: ``m``; tokens at ``(i, j)`` with ``(i + j - block_index) % m == 0`` are kept.
         block_index: ordinal ``l`` of the block among the prunable blocks.
         bands: equal row bands; budgets are counted per band.
+        budgets: skip count per band instead of :func:`band_budgets` (``ratio`` is then unused); each at most the
+            band's tokens that are neither forced nor in ``must_keep`` in any frame.
+        must_keep: ``[F, N]`` bool, tokens kept besides the m-stride ones (e.g. the step cache's stalest).
 
     Returns:
         ``keep_idx [F, N-K]`` and ``skip_idx [F, K]`` int64 token indices, each sorted ascending,
@@ -87,7 +91,8 @@ def select_tokens(
     if sc.dim() != 2:
         raise ValueError(f"sc must be [F, N], got shape {tuple(sc.shape)}")
     H, W = check_frame(hw, bands, sc.shape[1])
-    budgets = band_budgets((H, W), ratio, stride, block_index, bands)
+    if budgets is None:
+        budgets = band_budgets((H, W), ratio, stride, block_index, bands)
     Fr, N = sc.shape
     band_tokens = N // bands
     K = sum(budgets)
@@ -102,7 +107,8 @@ def select_tokens(
     forced = on_device(cached(forced_mask, H, W, stride, block_index), dev)
     key = sc.float()
     key = torch.where(key == 0, torch.zeros_like(key), key)  # -0.0 == +0.0, as for the sort
-    key = key.masked_fill(forced, float("-inf")).view(Fr, bands, band_tokens)
+    kept = forced if must_keep is None else forced | must_keep
+    key = key.masked_fill(kept, float("-inf")).view(Fr, bands, band_tokens)
     # Unique int64 keys ordered by (score, -index): top-k on them is exactly the stable descending sort's
     # first k (among equal scores the lower index first), on every device, with no sort of the band.
     bits = key.view(torch.int32)

@@ -1,0 +1,157 @@
+"""The token-wise step cache of block scope (``prune.step_cache``): a skipped token takes its own block residual from
+the last step that computed it, instead of one rebuilt from its neighbours.
+
+Each prunable spatial block keeps, per forward slot of a denoising step (guidance's conditional and unconditional
+calls are two slots; in one batch they are different rows), ``residual [F, N, C]`` (``block(x) - x`` of every token
+when it was last computed, in the block's dtype) and ``age [F, N]`` (steps since then). ``F`` and ``N`` are this
+rank's frames and tokens: under sequence parallelism each rank caches its own rows.
+
+Freshness comes from the selection (:func:`stale_first_selection`): the m-stride pattern shifts by one each step, so
+every token is computed at least every ``m`` steps; among the other tokens the stalest are computed first (CoReDiT's
+coherence decides among equally stale ones); a token ``max_stale`` steps old is always computed, the band's skip
+budget shrinking if it must.
+
+Its life: ``set_step(0, n)`` starts a fresh cache; a step out of order, or a block input of another shape, rebuilds it
+with one warning; ``remove`` frees it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .ops.partition import check_frame, forced_mask
+from .ops.tables import cached, on_device
+
+CACHE_SELECT = ("coherence", "staleness", "random", "change")
+
+
+@dataclass
+class CacheEntry:
+    """One block's cache for one forward slot: ``residual [F, N, C]``, ``age [F, N]`` int16 (steps since the token
+    was last computed)."""
+
+    residual: torch.Tensor
+    age: torch.Tensor
+    inputs: Optional[torch.Tensor] = None  # rule "change": each token's block input when it was last computed
+
+    @property
+    def nbytes(self) -> int:
+        held = [self.residual, self.age] + ([self.inputs] if self.inputs is not None else [])
+        return sum(t.numel() * t.element_size() for t in held)
+
+
+class StepCache:
+    """Every prunable block's :class:`CacheEntry` per forward slot of the current sampling loop."""
+
+    def __init__(self):
+        self.entries: Dict[Tuple[int, int], CacheEntry] = {}
+        self.step: Optional[int] = None
+        self.num_steps: Optional[int] = None
+        self.slot = -1  # forwards begun in this step, minus one
+        self.realized: List[Tuple[int, int, float]] = []  # (step, ordinal, skipped fraction) of every block call
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.slot = -1
+
+    def start_step(self, step: int, num_steps: int) -> None:
+        """The sampler's ``set_step``: step 0 starts a fresh cache; any step but the next one rebuilds it."""
+        if step == 0:
+            self.clear()
+            self.realized = []
+        elif self.step is None or step != self.step + 1 or num_steps != self.num_steps:
+            if self.entries:
+                warnings.warn(f"step cache: step {step} of {num_steps} follows step {self.step} of {self.num_steps}; "
+                              "the cache is rebuilt (call set_step(0, n) at the start of each video)", stacklevel=3)
+            self.clear()
+        self.step, self.num_steps, self.slot = step, num_steps, -1
+
+    def end_loop(self) -> None:
+        """The sampler left the loop (``set_phase``): nothing carries over to the next."""
+        self.clear()
+        self.step = self.num_steps = None
+
+    def begin_forward(self) -> Optional[int]:
+        """A model forward begins: its slot in this step (``None`` outside a sampling loop)."""
+        if self.step is None:
+            return None
+        self.slot += 1
+        return self.slot
+
+    def get(self, slot: int, ordinal: int, like: torch.Tensor) -> Optional[CacheEntry]:
+        """The entry of ``(slot, ordinal)`` if it fits ``like [F, N, C]``; one of another shape is dropped, warning."""
+        entry = self.entries.get((slot, ordinal))
+        if entry is None:
+            return None
+        r = entry.residual
+        if r.shape != like.shape or r.dtype != like.dtype or r.device != like.device:
+            warnings.warn(f"step cache: block {ordinal} got {tuple(like.shape)} {like.dtype}, its cache holds "
+                          f"{tuple(r.shape)} {r.dtype}; the cache is rebuilt", stacklevel=3)
+            self.clear()
+            return None
+        return entry
+
+    def put(self, slot: int, ordinal: int, entry: CacheEntry) -> None:
+        self.entries[(slot, ordinal)] = entry
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+
+def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2) -> int:
+    """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype
+    and the age ``F N`` (int16)."""
+    return frames * tokens * (channels * dtype_bytes + 2)
+
+
+def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, budgets: Sequence[int], stride: int,
+                          phase: int, bands: int, max_stale: Optional[int], rule: str = "coherence",
+                          seed: int = 0, group=None, change: Optional[torch.Tensor] = None
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Skip ``budgets[b]`` tokens of band ``b`` of every frame, the freshest first: ``(keep [F, R], skip [F, K])``.
+
+    ``sc [F, N]``: coherence (``rule="coherence"``: among equally stale tokens the most coherent is skipped first);
+    ``rule="staleness"``: ties by index; ``"random"``: ties at random (``seed``). ``age [F, N]`` (``None``: all 0).
+    The m-stride tokens of ``phase`` are always computed, as are tokens ``max_stale`` steps old; a band whose
+    frames cannot skip its budget otherwise skips fewer, equally in every frame (so all frames keep ``R`` tokens)
+    and, with a sequence-parallel ``group``, on every rank (each holds ``bands / P`` of the bands).
+    """
+    from .ops.selection import select_tokens
+
+    Fr, N = sc.shape
+    H, W = check_frame(hw, bands, N)
+    if rule == "coherence":
+        base = sc.detach().float().clamp(-1.0, 1.0)
+    elif rule == "change":  # the tokens whose input moved least since they were computed skip first
+        base = -change.float().clamp(0.0, 1.0)
+    elif rule == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        base = torch.rand(Fr, N, generator=g).to(sc.device)
+    else:
+        base = torch.zeros(Fr, N, device=sc.device)
+    must_keep = on_device(cached(forced_mask, H, W, stride, phase), sc.device).expand(Fr, N)
+    if age is not None:
+        base = base - 4.0 * age.float()  # a step staler outranks any score difference (scores lie in [-1, 1])
+        if max_stale is not None:
+            must_keep = must_keep | (age >= max_stale)
+    free = (~must_keep).view(Fr, bands, N // bands).sum(-1).amin(0).tolist()  # per band, the tightest frame
+    budgets = [min(int(k), int(f)) for k, f in zip(budgets, free)]
+    if group is not None:  # every rank skips as many tokens as the tightest one
+        import torch.distributed as dist
+
+        total = torch.tensor([sum(budgets)], dtype=torch.int64)
+        dist.all_reduce(total, op=dist.ReduceOp.MIN, group=group)
+        budgets = _lower_to(budgets, int(total))
+    return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
+
+
+def _lower_to(budgets: List[int], total: int) -> List[int]:
+    """``budgets`` lowered, largest first, until they sum to ``total`` (equal retained counts across SP ranks)."""
+    out = list(budgets)
+    while sum(out) > total:
+        out[out.index(max(out))] -= 1
+    return out

@@ -1,0 +1,207 @@
+"""The step cache of block scope (``prune.step_cache``) on the built-in host, in a denoising loop written here:
+``ctrl.set_step(i, n)``, the output fed back, as a sampler does."""
+import warnings
+
+import pytest
+import torch
+
+import coredit_video as cv
+from coredit_video.config import PruneConfig
+from coredit_video.ops import select_tokens
+from coredit_video.ops.partition import forced_mask
+from coredit_video.step_cache import cache_bytes_per_block, stale_first_selection
+from tests.test_cross_view import GRIDS, HX, NC, STRIDE, WX, T, build, inputs
+
+N = (HX // 2) * (WX // 2)
+CACHE = {"scope": "block", "step_cache": True, "max_stale": 2, "dense_steps": 1}
+
+
+def loop(model, cfg=None, steps=5, inp=None, calls=1, cache_trace=None):
+    """``steps`` denoising steps of ``model``; ``calls`` model forwards per step (guidance's two calls: the second
+    on other conditions). Returns each step's outputs (a list per call)."""
+    inp = inp or inputs()
+    other = dict(inp, y=torch.zeros_like(inp["y"]))
+    ctrl = cv.apply(model, dict(dict(ratios=0.5, grids=GRIDS, stride=STRIDE, late_steps=0), **cfg)) if cfg else None
+    x, outs = inp["x"], []
+    with torch.no_grad():
+        for i in range(steps):
+            if ctrl is not None:
+                ctrl.set_step(i, steps)
+            ys = [model(**dict(inp if c == 0 else other, x=x)) for c in range(calls)]
+            outs.append(ys)
+            if cache_trace is not None:
+                cache_trace.append({k: (e.residual.clone(), e.age.clone()) for k, e in ctrl.step_cache.entries.items()})
+            x = x - 0.2 * ys[0]
+    return outs, ctrl
+
+
+def test_the_issue_loop_dense_first_then_close_to_dense_repeatable_and_remove_exact():
+    model = build()
+    keys = list(model.state_dict())
+    dense, _ = loop(model)
+    got, ctrl = loop(model, CACHE)
+    assert torch.equal(got[0][0], dense[0][0])  # dense_steps=1: the first step is dense
+    for i in range(1, 5):
+        y, d = got[i][0], dense[i][0]
+        assert torch.isfinite(y).all() and not torch.equal(y, d)
+        assert float((y - d).norm() / d.norm()) < 0.05, i  # close: the cache keeps each token's own residual
+    assert ctrl.step_cache.nbytes > 0 and list(model.state_dict()) == keys
+    again, _ = loop(model, CACHE)  # set_step(0, n) starts a fresh cache: the same loop gives the same outputs
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
+    zero, _ = loop(model, dict(CACHE, ratios=0.0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(zero, dense))  # ratio 0 is dense at every step
+    ctrl = cv.get_controller(model)
+    assert cv.remove(model)
+    assert ctrl.step_cache.nbytes == 0 and not ctrl.step_cache.entries  # remove frees the cache
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs()), dense[0][0])
+
+
+def test_the_cache_beats_neighbour_rebuilt_residuals():
+    model = build()
+    dense, _ = loop(model)
+    cached, _ = loop(model, CACHE)
+    rebuilt, _ = loop(model, {"scope": "block", "dense_steps": 1})
+    err = lambda outs: sum(float((o[0] - d[0]).norm() / d[0].norm()) for o, d in zip(outs[1:], dense[1:]))  # noqa
+    assert err(cached) < err(rebuilt)
+
+
+def test_a_skipped_token_keeps_its_own_cached_residual_and_ages():
+    model = build()
+    trace = []
+    loop(model, dict(CACHE, max_stale=None), steps=4, cache_trace=trace)
+    for prev, now in zip(trace[1:], trace[2:]):
+        for key, (res, age) in now.items():
+            res0, age0 = prev[key]
+            skipped = age > 0
+            assert skipped.any() and (~skipped).any()
+            assert torch.equal(age[skipped], age0[skipped] + 1)  # one step older
+            assert torch.equal(res[skipped], res0[skipped])  # its own residual, untouched
+            assert not torch.equal(res[~skipped], res0[~skipped])  # computed tokens refresh theirs
+
+
+@pytest.mark.parametrize("max_stale", [None, 1, 2])
+def test_no_token_stays_stale_past_max_stale(max_stale):
+    """The m-stride pattern rotates, so without a cap every token is computed at least every ``stride`` steps; a cap
+    below that shrinks the skip budget rather than be broken."""
+    model = build()
+    trace = []
+    loop(model, dict(CACHE, max_stale=max_stale, ratios=0.5), steps=7, cache_trace=trace)
+    bound = STRIDE - 1 if max_stale is None else min(max_stale, STRIDE - 1)
+    worst = max(int(age.max()) for entries in trace for _, age in entries.values())
+    assert worst == bound
+    realized = [f for step, _, f in cv.get_controller(model).step_cache.realized if step >= 1]
+    assert max(realized) > 0.2
+    cv.remove(model)
+
+
+def test_guidance_calls_never_share_an_entry():
+    """Two calls per step (conditional, then unconditional) equal two loops of one call each."""
+    model = build()
+    both, _ = loop(model, CACHE, calls=2)
+    cond, _ = loop(model, CACHE, calls=1)
+    inp = inputs()
+    other = dict(inp, y=torch.zeros_like(inp["y"]))
+    ctrl = cv.apply(model, dict(ratios=0.5, grids=GRIDS, stride=STRIDE, late_steps=0, **CACHE))
+    x, uncond = inp["x"], []
+    with torch.no_grad():
+        for i in range(5):
+            ctrl.set_step(i, 5)
+            ctrl.begin_forward()  # the conditional call's slot, not run here
+            uncond.append(model(**dict(other, x=x)))
+            x = x - 0.2 * both[i][0]
+    for i in range(5):
+        assert torch.equal(both[i][0], cond[i][0])
+        assert torch.equal(both[i][1], uncond[i])
+    assert not torch.equal(both[3][0], both[3][1])
+
+
+def test_a_step_out_of_order_or_a_new_shape_rebuilds_the_cache_with_one_warning():
+    model = build()
+    ctrl = cv.apply(model, dict(ratios=0.5, grids=GRIDS, stride=STRIDE, late_steps=0, **CACHE))
+    inp = inputs()
+    with torch.no_grad():
+        for i in range(3):
+            ctrl.set_step(i, 5)
+            model(**inp)
+        with pytest.warns(UserWarning, match="rebuilt"):
+            ctrl.set_step(4, 5)  # step 3 skipped
+        assert not ctrl.step_cache.entries
+        model(**inp)
+        ctrl.set_step(0, 5)
+        model(**inp)
+        ctrl.set_step(1, 5)
+        small = dict(inp, x=inp["x"][:, :, :, :1])  # one latent frame: another shape
+        with pytest.warns(UserWarning, match="rebuilt"):
+            y = model(**small)
+        assert torch.isfinite(y).all()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ctrl.set_step(2, 5)
+            model(**small)  # the rebuilt cache fits the new shape: no second warning
+
+
+def test_training_and_hand_set_phases_never_use_the_cache():
+    model = build().train()
+    ctrl = cv.apply(model, dict(ratios=0.5, grids=GRIDS, stride=STRIDE, **CACHE))
+    ctrl.set_step(0, 3)
+    ctrl.set_step(1, 3)
+    ctrl.set_phase("main")  # a trainer sets phases by hand: no sampling loop, no cache
+    inp = inputs()
+    inp["x"].requires_grad_(True)
+    model(**inp).square().mean().backward()
+    assert inp["x"].grad is not None and not ctrl.step_cache.entries
+
+
+def test_config_refuses_the_cache_outside_block_scope_and_bad_values():
+    with pytest.raises(ValueError, match="scope='block'"):
+        PruneConfig.build({"step_cache": True})
+    for bad in ({"max_stale": 0}, {"dense_steps": -1}, {"cache_select": "oldest"}, {"step_cache": 1}):
+        with pytest.raises(ValueError):
+            PruneConfig.build({"scope": "block", "step_cache": True, **bad})
+
+
+def test_stale_first_selection_against_a_reference():
+    """Skipped: the freshest tokens outside the shifted m-stride pattern, the most coherent among equally fresh;
+    tokens max_stale old are kept; budgets shrink to what every frame can skip."""
+    g = torch.Generator().manual_seed(0)
+    H, W, F, bands = 4, 6, 3, 2
+    sc = torch.rand(F, H * W, generator=g) * 2 - 1
+    age = torch.randint(0, 3, (F, H * W), generator=g, dtype=torch.int16)
+    for phase in (0, 1, 2):
+        keep, skip = stale_first_selection(sc, age, (H, W), [5, 5], 3, phase, bands, max_stale=2)
+        forced = forced_mask(H, W, 3, phase)
+        half = H * W // bands
+        k_band = []
+        for b in range(bands):  # the budget per band: at most what the tightest frame has free
+            free = [sum(1 for t in range(b * half, (b + 1) * half) if not forced[t] and age[f, t] < 2)
+                    for f in range(F)]
+            k_band.append(min(5, min(free)))
+        for f in range(F):
+            want = []
+            for b in range(bands):
+                cand = [t for t in range(b * half, (b + 1) * half) if not forced[t] and age[f, t] < 2]
+                cand.sort(key=lambda t: (int(age[f, t]), -float(sc[f, t]), t))
+                want += cand[:k_band[b]]
+            assert sorted(want) == skip[f].tolist()
+            assert sorted(set(range(H * W)) - set(want)) == keep[f].tolist()
+
+
+def test_select_tokens_with_explicit_budgets_and_must_keep_matches_the_default_when_unused():
+    g = torch.Generator().manual_seed(1)
+    sc = torch.rand(2, 48, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(select_tokens(sc, (6, 8), 0.4, 3, 1, 2),
+                                                 select_tokens(sc, (6, 8), 0.0, 3, 1, 2, budgets=[9, 9])))
+    must = torch.zeros(2, 48, dtype=torch.bool)
+    must[:, :24] = True  # band 0 entirely kept
+    keep, skip = select_tokens(sc, (6, 8), 0.0, 3, 1, 2, budgets=[0, 9], must_keep=must)
+    assert skip.shape[1] == 9 and bool((skip >= 24).all())
+
+
+def test_cache_bytes_are_counted():
+    model = build()
+    _, ctrl = loop(model, CACHE, steps=2)
+    per_block = cache_bytes_per_block(NC * T, N, model.config.hidden, dtype_bytes=4)  # float32 residual, int16 age
+    assert ctrl.step_cache.nbytes == len(ctrl) * per_block
+    cv.remove(model)
