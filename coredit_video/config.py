@@ -50,8 +50,10 @@ class PruneConfig:
     max_stale: with ``step_cache``, no token goes more than this many steps without being computed (``None``: no
         cap beyond the m-stride rotation, which computes every token at least every ``stride`` steps).
     dense_steps: the first this many denoising steps run dense (``set_step``), with or without the cache.
-    cache_select: with ``step_cache``, what decides among equally stale tokens: ``"coherence"`` (CoReDiT's
-        score: the most coherent is skipped), ``"staleness"`` (token order) or ``"random"``.
+    cache_select: with ``step_cache``, what decides among equally stale tokens: ``"change"`` (default: the token
+        whose block input moved least since it was computed skips first; caches the inputs too), ``"coherence"``
+        (CoReDiT's score: the most coherent skips), ``"staleness"`` (token order) or ``"random"``. Measured at r 0.5,
+        30 steps, 4 held-out scenes: 50.3 / 46.6 / 44.4 / 49.4 dB (``docs/quality.md``, "Step cache").
     """
 
     adapter: str = "auto"
@@ -73,7 +75,7 @@ class PruneConfig:
     step_cache: bool = False
     max_stale: Optional[int] = None
     dense_steps: int = 0
-    cache_select: str = "coherence"
+    cache_select: str = "change"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 

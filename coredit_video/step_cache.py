@@ -102,10 +102,12 @@ class StepCache:
         return sum(e.nbytes for e in self.entries.values())
 
 
-def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2) -> int:
-    """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype
-    and the age ``F N`` (int16)."""
-    return frames * tokens * (channels * dtype_bytes + 2)
+def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2,
+                          select: str = "coherence") -> int:
+    """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype,
+    the age ``F N`` (int16) and, for ``select="change"``, the inputs ``F N C``."""
+    per_token = channels * dtype_bytes * (2 if select == "change" else 1) + 2
+    return frames * tokens * per_token
 
 
 def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, budgets: Sequence[int], stride: int,

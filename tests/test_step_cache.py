@@ -199,9 +199,28 @@ def test_select_tokens_with_explicit_budgets_and_must_keep_matches_the_default_w
     assert skip.shape[1] == 9 and bool((skip >= 24).all())
 
 
-def test_cache_bytes_are_counted():
+@pytest.mark.parametrize("select", ["change", "coherence"])
+def test_cache_bytes_are_counted(select):
     model = build()
-    _, ctrl = loop(model, CACHE, steps=2)
-    per_block = cache_bytes_per_block(NC * T, N, model.config.hidden, dtype_bytes=4)  # float32 residual, int16 age
+    _, ctrl = loop(model, dict(CACHE, cache_select=select), steps=2)
+    # float32 residual (and inputs for "change"), int16 age
+    per_block = cache_bytes_per_block(NC * T, N, model.config.hidden, dtype_bytes=4, select=select)
     assert ctrl.step_cache.nbytes == len(ctrl) * per_block
     cv.remove(model)
+
+
+def test_flops_cli_counts_the_cache_memory():
+    import json
+    import subprocess
+    import sys
+
+    from tests.dist.common import REPO
+
+    out = subprocess.run([sys.executable, f"{REPO}/tools/flops.py", "--resolution", "848x1600", "--ratio", "0.5", "--scope",
+                          "block", "--bands", "8", "--pad-h-to-bands", "--step-cache", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    m = json.loads(out)["step_cache"]
+    # XL: 6 views x 5 latent frames, 56 x 100 tokens over 8 ranks, width 1152, bf16 residual and inputs + int16 age
+    assert (m["frames"], m["tokens_per_rank"]) == (30, 700)
+    assert m["bytes_per_block_per_rank"] == 30 * 700 * (1152 * 2 * 2 + 2)
+    assert m["bytes_per_rank"] == m["blocks"] * m["bytes_per_block_per_rank"]
