@@ -51,6 +51,7 @@ class FrontSettings:
     render_only: bool = False  # write front.json / .png from the rows measured so far, measure nothing
     max_stale: Optional[int] = 2  # lines METHOD@block+cache: prune.max_stale
     dense_steps: int = 1  # lines METHOD@block+cache: prune.dense_steps
+    fewer_steps: Sequence[int] = ()  # the line "fewer_steps": dense sampling at k of the reference steps, each k
 
     def __post_init__(self):
         from .config import SCOPES
@@ -82,12 +83,15 @@ class FrontSettings:
             raise ValueError(f"{no_cache}: the step cache runs in block scope; write METHOD@block{CACHE_SUFFIX}")
         if self.max_stale is not None and self.max_stale < 1 or self.dense_steps < 0:
             raise ValueError(f"--max-stale {self.max_stale} / --dense-steps {self.dense_steps}: give >= 1 / >= 0")
+        if any(int(k) < 1 for k in self.fewer_steps):
+            raise ValueError(f"--fewer-steps {list(self.fewer_steps)}: step counts >= 1")
         bad_probe = [m for m in self.probe_methods if m.endswith(CACHE_SUFFIX)]
         if bad_probe:
             raise ValueError(f"{bad_probe}: the attention-error probe measures attention-scope lines only")
 
 
 CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
+FEWER_STEPS = "fewer_steps"  # the dense model at fewer sampling steps (ratio: the fraction of steps left out)
 
 
 def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
@@ -269,7 +273,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             done[(r["method"], round(r["ratio"], 4), r["seed"])] = r
     times = bench_time_ratios(s.bench_json, s.bench_resolution)
 
-    def run(seed: int, i: int, ctrl=None):
+    def run(seed: int, i: int, ctrl=None, flow=rflow):
         item = bundle.dataset[i]
         batch = bundle.collate([item])
         x0 = bundle.latents(batch)
@@ -277,13 +281,15 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(item.get("index", i)) * 101)
         noise = torch.randn(x0.shape, generator=g)
         with torch.no_grad():
-            z = sample(model, bundle.forward, noise, batch, None, rflow, h, w, int(f), controller=ctrl)
+            z = sample(model, bundle.forward, noise, batch, None, flow, h, w, int(f), controller=ctrl)
         video = bundle.codec.decode(z)[0] if bundle.codec is not None else z[0]
         return [to_uint8_frames(v) for v in video]  # per view [T, H, W, 3]
 
     for seed in [] if s.render_only else s.seeds:
+        N = rflow.num_sampling_steps
         todo = [(m, float(r)) for m in s.methods for r in s.ratios if (m, round(float(r), 4), seed) not in done]
-        if not todo:
+        fewer = [int(k) for k in s.fewer_steps if (FEWER_STEPS, round(1 - int(k) / N, 4), seed) not in done]
+        if not todo and not fewer:
             continue
         dense = {}
         err_path = os.path.join(s.out, f"attn_error_seed{seed}.json")
@@ -309,6 +315,21 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         with open(err_path, "w") as fh:
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
+        for k in tqdm(fewer, desc=f"fewer steps seed {seed}", disable=not progress):
+            flow = dataclasses.replace(rflow, num_sampling_steps=k)
+            p_sum, s_sum, n = 0.0, 0.0, 0
+            for i in range(s.scenes):
+                for a, b in zip(run(seed, i, None, flow), dense[i]):
+                    p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
+                    s_sum += float(ssim(a, b, 255.0).mean())
+                    n += 1
+            r = round(1 - k / N, 4)
+            row = dict(method=FEWER_STEPS, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
+                       attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=s.config, cost_flops=k / N)
+            done[(FEWER_STEPS, r, seed)] = row
+            with open(rows_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            log.info("fewer steps %d of %d seed %d: %.2f dB", k, N, seed, row["fidelity_PSNR"])
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
             prune = line_prune(m, s)
             ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, **prune))
@@ -334,9 +355,11 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
                 fh.write(json.dumps(row) + "\n")
             log.info("%s r %.2f seed %d: %.2f dB, attn error %.2f%%", m, r, seed, row["fidelity_PSNR"],
                      row["attn_error"])
+    fewer_ratios = [round(1 - int(j) / rflow.num_sampling_steps, 4) for j in s.fewer_steps]
     rows = [done[k] for k in sorted(done, key=lambda k: (k[2], s.methods.index(k[0]) if k[0] in s.methods else 99,
                                                          k[1]))
-            if k[0] in s.methods and k[2] in s.seeds and any(math.isclose(k[1], r) for r in s.ratios)]
+            if k[2] in s.seeds and (k[0] in s.methods and any(math.isclose(k[1], r) for r in s.ratios)
+                                    or k[0] == FEWER_STEPS and any(math.isclose(k[1], r) for r in fewer_ratios))]
     for r in rows:  # the measured column comes from the benchmark file given now (re-rendering picks up a new one)
         r["time_ratio"] = times.get((r["method"], round(r["ratio"], 4)))
         if r["time_ratio"] is None:  # a ratio the benchmark skipped: interpolated along the method's measured line

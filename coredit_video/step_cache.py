@@ -118,9 +118,10 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
 
     ``sc [F, N]``: coherence (``rule="coherence"``: among equally stale tokens the most coherent is skipped first);
     ``rule="staleness"``: ties by index; ``"random"``: ties at random (``seed``). ``age [F, N]`` (``None``: all 0).
-    The m-stride tokens of ``phase`` are always computed, as are tokens ``max_stale`` steps old; a band whose
-    frames cannot skip its budget otherwise skips fewer, equally in every frame (so all frames keep ``R`` tokens)
-    and, with a sequence-parallel ``group``, on every rank (each holds ``bands / P`` of the bands).
+    The m-stride tokens of ``phase`` are always computed, as are tokens ``max_stale`` steps old. Where a band of
+    some frame has fewer other tokens than its budget, every band of every frame skips at most that many (so all
+    frames keep ``R`` tokens, and the choice does not depend on how a sequence-parallel ``group`` splits the bands:
+    the cap is the minimum over its ranks).
     """
     from .ops.selection import select_tokens
 
@@ -130,9 +131,12 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
         base = sc.detach().float().clamp(-1.0, 1.0)
     elif rule == "change":  # the tokens whose input moved least since they were computed skip first
         base = -change.float().clamp(0.0, 1.0)
-    elif rule == "random":
+    elif rule == "random":  # drawn for the whole frame, this rank's rows taken: the same draw at any SP size
+        import torch.distributed as dist
+
+        P, rank = (dist.get_world_size(group), dist.get_rank(group)) if group is not None else (1, 0)
         g = torch.Generator().manual_seed(int(seed))
-        base = torch.rand(Fr, N, generator=g).to(sc.device)
+        base = torch.rand(Fr, P * N, generator=g)[:, rank * N:(rank + 1) * N].to(sc.device)
     else:
         base = torch.zeros(Fr, N, device=sc.device)
     must_keep = on_device(cached(forced_mask, H, W, stride, phase), sc.device).expand(Fr, N)
@@ -140,20 +144,17 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
         base = base - 4.0 * age.float()  # a step staler outranks any score difference (scores lie in [-1, 1])
         if max_stale is not None:
             must_keep = must_keep | (age >= max_stale)
-    free = (~must_keep).view(Fr, bands, N // bands).sum(-1).amin(0).tolist()  # per band, the tightest frame
-    budgets = [min(int(k), int(f)) for k, f in zip(budgets, free)]
-    if group is not None:  # every rank skips as many tokens as the tightest one
+    cap = torch.tensor([int((~must_keep).view(Fr, bands, N // bands).sum(-1).min())], dtype=torch.int64)
+    if group is not None:
         import torch.distributed as dist
 
-        total = torch.tensor([sum(budgets)], dtype=torch.int64)
-        dist.all_reduce(total, op=dist.ReduceOp.MIN, group=group)
-        budgets = _lower_to(budgets, int(total))
+        dist.all_reduce(cap, op=dist.ReduceOp.MIN, group=group)
+    budgets = [min(int(k), int(cap)) for k in budgets]
+    if group is not None:  # the host's all-to-alls need equal retained counts on every rank
+        total = torch.tensor([sum(budgets), -sum(budgets)], dtype=torch.int64)
+        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
+        if int(total[0]) != -int(total[1]):
+            raise ValueError(f"step cache: the ranks would keep unequal token counts (skips {-int(total[1])} to "
+                             f"{int(total[0])}); raise prune.max_stale or lower the ratio")
     return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
 
-
-def _lower_to(budgets: List[int], total: int) -> List[int]:
-    """``budgets`` lowered, largest first, until they sum to ``total`` (equal retained counts across SP ranks)."""
-    out = list(budgets)
-    while sum(out) > total:
-        out[out.index(max(out))] -= 1
-    return out

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.05, help="coredit_sharp's temperature")
     ap.add_argument("--max-stale", type=int, default=2, help="METHOD@block+cache lines: prune.max_stale")
     ap.add_argument("--dense-steps", type=int, default=1, help="METHOD@block+cache lines: prune.dense_steps")
+    ap.add_argument("--fewer-steps", type=int, nargs="*", default=[],
+                    help="the line fewer_steps: the dense model at each of these step counts (of --sampling-steps)")
     args = ap.parse_args(argv)
     load_train_config(args.config)  # every config value checked before the dense scenes are sampled
     if args.bench_json and not os.path.isfile(args.bench_json):
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
                           sampling_steps=args.sampling_steps,
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
                           bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only,
-                          max_stale=args.max_stale, dense_steps=args.dense_steps)
+                          max_stale=args.max_stale, dense_steps=args.dense_steps, fewer_steps=args.fewer_steps)
     except ValueError as e:
         raise UsageError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
