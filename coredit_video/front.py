@@ -78,37 +78,62 @@ class FrontSettings:
             raise ValueError(f"--sampling-steps {self.sampling_steps}: give at least 1")
         if self.probe_every < 1 or self.probe_scenes < 0:
             raise ValueError("--probe-every must be >= 1 and --probe-scenes >= 0")
-        no_cache = [m for m in lines if m.endswith(CACHE_SUFFIX) and split_line(m)[1] != "block"]
+        parsed = [parse_line(m) for m in lines]  # raises on a bad step count after '/'
+        no_cache = [m for m, p in zip(lines, parsed) if p.cache and p.scope != "block"]
         if no_cache:
             raise ValueError(f"{no_cache}: the step cache runs in block scope; write METHOD@block{CACHE_SUFFIX}")
+        steps = self.sampling_steps
+        long = [m for m, p in zip(lines, parsed) if p.steps is not None and steps is not None and p.steps > steps]
+        if long:
+            raise ValueError(f"{long}: a line's steps after '/' are at most --sampling-steps {steps}")
         if self.max_stale is not None and self.max_stale < 1 or self.dense_steps < 0:
             raise ValueError(f"--max-stale {self.max_stale} / --dense-steps {self.dense_steps}: give >= 1 / >= 0")
         if any(int(k) < 1 for k in self.fewer_steps):
             raise ValueError(f"--fewer-steps {list(self.fewer_steps)}: step counts >= 1")
-        bad_probe = [m for m in self.probe_methods if m.endswith(CACHE_SUFFIX)]
+        bad_probe = [m for m in self.probe_methods if parse_line(m) != FrontLine(*split_line(m))]
         if bad_probe:
-            raise ValueError(f"{bad_probe}: the attention-error probe measures attention-scope lines only")
+            raise ValueError(f"{bad_probe}: the attention-error probe measures plain METHOD or METHOD@block lines")
 
 
 CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
 FEWER_STEPS = "fewer_steps"  # the dense model at fewer sampling steps (ratio: the fraction of steps left out)
 
 
+@dataclasses.dataclass(frozen=True)
+class FrontLine:
+    """A front line ``METHOD[@SCOPE][+cache][/STEPS]``: a method, its scope, the step cache (block scope), and
+    the sampling steps it runs (``None``: the reference steps; fewer: a composition with fewer steps)."""
+
+    method: str
+    scope: str = "attention"
+    cache: bool = False
+    steps: Optional[int] = None
+
+
+def parse_line(line: str) -> FrontLine:
+    body, slash, steps = line.partition("/")
+    cache = body.endswith(CACHE_SUFFIX)
+    if cache:
+        body = body[:-len(CACHE_SUFFIX)]
+    method, _, scope = body.partition("@")
+    if slash and not (steps.isdigit() and int(steps) >= 1):
+        raise ValueError(f"line {line!r}: after '/' give the steps it samples, an int >= 1 (e.g. coredit_merge/20)")
+    return FrontLine(method, scope or "attention", cache, int(steps) if slash else None)
+
+
 def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
     """The ``prune`` settings of a front line: its method and scope, and the step cache's for a ``+cache`` line."""
-    method, scope = split_line(line)
-    out: Dict[str, Any] = dict(method=method, scope=scope)
-    if line.endswith(CACHE_SUFFIX):
+    p = parse_line(line)
+    out: Dict[str, Any] = dict(method=p.method, scope=p.scope)
+    if p.cache:
         out.update(step_cache=True, max_stale=s.max_stale, dense_steps=s.dense_steps)
     return out
 
 
 def split_line(line: str) -> Tuple[str, str]:
-    """A front line ``"method"``, ``"method@block"`` or ``"method@block+cache"`` -> ``(method, scope)``."""
-    if line.endswith(CACHE_SUFFIX):
-        line = line[:-len(CACHE_SUFFIX)]
-    method, _, scope = line.partition("@")
-    return method, scope or "attention"
+    """A front line (:func:`parse_line`) -> ``(method, scope)``."""
+    p = parse_line(line)
+    return p.method, p.scope
 
 
 @functools.lru_cache(maxsize=4096)
@@ -297,7 +322,7 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         if os.path.isfile(err_path):  # a resumed run keeps the errors it measured
             with open(err_path) as fh:
                 known = {(e["method"], round(e["ratio"], 4)): e["attn_error"] for e in json.load(fh)}
-        attention_lines = [m for m in s.methods if split_line(m)[1] == "attention"]
+        attention_lines = [m for m in s.methods if parse_line(m) == FrontLine(split_line(m)[0])]
         wanted = list(dict.fromkeys([*attention_lines, *s.probe_methods]))
         missing = [m for m in wanted if any((m, round(float(r), 4)) not in known for r in s.ratios)]
         ctrl = apply_pruning(model, base)
@@ -332,24 +357,26 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             log.info("fewer steps %d of %d seed %d: %.2f dB", k, N, seed, row["fidelity_PSNR"])
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
             prune = line_prune(m, s)
+            k = parse_line(m).steps or N
+            flow = dataclasses.replace(rflow, num_sampling_steps=k)
             ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, **prune))
             p_sum = s_sum = 0.0
             n = 0
             realized: List[Tuple[int, int, float]] = []
             for i in range(s.scenes):
-                frames = run(seed, i, ctrl)
+                frames = run(seed, i, ctrl, flow)
                 if ctrl.step_cache is not None:
                     realized += ctrl.step_cache.realized
                 for a, b in zip(frames, dense[i]):
                     p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
                     s_sum += float(ssim(a, b, 255.0).mean())
                     n += 1
-            per_step = step_ratios(ctrl, rflow.num_sampling_steps, realized)
+            per_step = step_ratios(ctrl, k, realized)
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
                        attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
-                       steps=rflow.num_sampling_steps, scope=prune["scope"], host=s.config,
-                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step))
+                       steps=k, scope=prune["scope"], host=s.config,
+                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N)
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

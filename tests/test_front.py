@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from coredit_video.front import FrontSettings, equal_cost_wins, interpolate, split_line
+from coredit_video.front import (FrontLine, FrontSettings, equal_cost_wins, interpolate, parse_line,
+                                 run_cost_flops, split_line, flops_ratio)
 from tests.dist.common import load_tool
 
 
@@ -13,6 +14,18 @@ def test_interpolate_and_split_line():
     assert interpolate([0.2, 0.6], [10.0, 20.0], 0.7) is None  # no extrapolation
     assert split_line("coredit_copy@block") == ("coredit_copy", "block")
     assert split_line("tome") == ("tome", "attention")
+    assert parse_line("coredit@block+cache/20") == FrontLine("coredit", "block", True, 20)
+    assert parse_line("coredit_merge/15") == FrontLine("coredit_merge", "attention", False, 15)
+    with pytest.raises(ValueError, match="after '/'"):
+        parse_line("coredit/x")
+
+
+def test_whole_run_cost_is_the_mean_of_the_steps_costs():
+    xl = ("magicdrive-v2-xl", (848, 1600))
+    one = flops_ratio(*xl, 0.5, "coredit")
+    late = flops_ratio(*xl, 0.125, "coredit")
+    assert run_cost_flops(*xl, "coredit", [0.5] * 26 + [0.125] * 4) == pytest.approx((26 * one + 4 * late) / 30)
+    assert run_cost_flops(*xl, "coredit", [0.0] * 3) == 1.0  # dense steps cost a dense step
 
 
 def test_equal_cost_wins_counts_points_inside_our_cost_range_and_dominated_ones_outside():
@@ -32,6 +45,35 @@ def test_settings_are_validated():
         FrontSettings(methods=["nope"])
     with pytest.raises(ValueError, match="no block scope"):
         FrontSettings(methods=["tome@block"])
+    with pytest.raises(ValueError, match="block scope"):
+        FrontSettings(methods=["coredit+cache"])
+    with pytest.raises(ValueError, match="at most --sampling-steps"):
+        FrontSettings(methods=["coredit/40"], sampling_steps=30)
+    with pytest.raises(ValueError, match="step counts >= 1"):
+        FrontSettings(fewer_steps=[0])
+
+
+def test_front_rows_carry_steps_and_whole_run_cost(tmp_path):
+    """Fewer steps, a composition with fewer steps and the step cache: each row's steps and cost_flops."""
+    out = tmp_path / "front"
+    rc = load_tool("front").main(["--seeds", "0", "--scenes", "1", "--probe-scenes", "0", "--sampling-steps", "6",
+                                  "--methods", "coredit,coredit/3,coredit@block+cache", "--ratios", "0.4",
+                                  "--fewer-steps", "3", "--out", str(out)])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads((out / "front.json").read_text())["rows"]}
+    assert set(rows) == {"coredit", "coredit/3", "coredit@block+cache", "fewer_steps"}
+    assert rows["fewer_steps"]["steps"] == 3 and rows["fewer_steps"]["cost_flops"] == pytest.approx(0.5)
+    assert rows["fewer_steps"]["ratio"] == pytest.approx(0.5)
+    xl = ("magicdrive-v2-xl", (848, 1600))
+    # 6 steps with late_steps=4: steps 0-1 at r, 2-5 at c r (c = 0.25)
+    full = (2 * flops_ratio(*xl, 0.4, "coredit") + 4 * flops_ratio(*xl, 0.1, "coredit")) / 6
+    assert rows["coredit"]["steps"] == 6 and rows["coredit"]["cost_flops"] == pytest.approx(full)
+    # 3 steps: all late -> c r, times 3 / 6
+    assert rows["coredit/3"]["cost_flops"] == pytest.approx(flops_ratio(*xl, 0.1, "coredit") * 0.5)
+    cache = rows["coredit@block+cache"]
+    assert cache["scope"] == "block" and 0.5 < cache["cost_flops"] < 1.0  # step 0 dense (dense_steps=1)
+    for r in rows.values():
+        assert r["host"] == "configs/tiny_cpu.py" and 10 < r["fidelity_PSNR"] <= 100
 
 
 def test_front_smoke(tmp_path):
