@@ -66,14 +66,32 @@ def test_block_scope_json_has_a_positive_time_ratio_for_every_mode(tmp_path):
     assert "| attention scope (cross-view qkv) | 0.4 |" in md and "--scope block" in md and "CPU-time speed-up" in md
 
 
-@pytest.mark.parametrize("mode", ["attention", "block"])
+@pytest.mark.parametrize("mode", ["attention", "block", "block_cache"])
 def test_memory_worker_runs_each_scope(mode):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, TOOL, *TINY, "--scope", "block", "--resolution", "128x192", "--ratio", "0.5",
                            "--worker", mode], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(rec) == {"rss_before", "peak_rss", "step_peak", "peak_reset"} and rec["rss_before"] > 0
+    assert set(rec) == {"rss_before", "peak_rss", "step_peak", "peak_reset", "cache_bytes"} and rec["rss_before"] > 0
+    if mode == "block_cache":  # tiny: width 64, 3 prunable blocks, 3 views x 2 frames of 8 x 12 tokens, float32
+        from coredit_video.step_cache import cache_bytes_per_block
+
+        assert rec["cache_bytes"] == 3 * cache_bytes_per_block(6, 96, 64, 4, "change")
+    else:
+        assert rec["cache_bytes"] == 0
+
+
+def test_step_cache_mode_is_timed_beside_block_scope(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, TOOL, *TINY, "--scope", "block", "--step-cache", "--resolutions", "64x96",
+                           "--ratios", "0.5", "--no-memory", "--no-split", "--out", str(tmp_path), "--tag", "c"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["mode"]: r for r in json.loads((tmp_path / "e2e_c.json").read_text())["rows"]}
+    assert set(rows) == {"dense", "attention", "block", "block_cache"}
+    assert rows["block_cache"]["flops"] == rows["block"]["flops"] and rows["block_cache"]["time_ratio"] > 0
+    assert "| block scope + step cache | 0.5 |" in (tmp_path / "e2e_c.md").read_text()
 
 
 def test_scope_prune_configs():
@@ -93,6 +111,7 @@ def test_scope_prune_configs():
     (["--scope", "block", "--plan", "plan.json"], "--plan"),
     (["--ratios", "0.4"], "--scope block"),
     (["--scope", "block", "--repeats", "0"], "--repeats"),
+    (["--step-cache"], "--scope block"),
 ])
 def test_wrong_options_fail_in_one_line(capsys, args, words):
     tool = _tool()

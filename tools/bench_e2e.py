@@ -108,14 +108,34 @@ def prune_cfg(args, plan, variant: str = "pruned"):
 
 
 SCOPE_MODES = ("attention", "block")  # --scope block: the modes timed against dense, per ratio
+CACHE_MODE = "block_cache"  # --scope block --step-cache: block scope with the step cache, in its steady state
+
+
+def scope_modes(args) -> tuple:
+    return SCOPE_MODES + ((CACHE_MODE,) if getattr(args, "step_cache", False) else ())
 
 
 def scope_prune_cfg(args, mode: str, ratio: float, n_blocks: int) -> dict:
-    """Attention scope (with ``--cross-view``, default qkv here) or block scope, uniform ``ratio``."""
-    cfg = {"ratios": [ratio] * n_blocks, "max_ratio": max(0.5, ratio), "scope": mode}
+    """Attention scope (with ``--cross-view``, default qkv here), block scope, or block scope with the step cache,
+    uniform ``ratio``."""
+    cfg = {"ratios": [ratio] * n_blocks, "max_ratio": max(0.5, ratio), "scope": "block" if mode == CACHE_MODE else mode}
     if mode == "attention":
         cfg.update(cross_view=scope_cross_view(args), cross_view_select=args.cross_view_select)
+    if mode == CACHE_MODE:
+        cfg.update(step_cache=True)
     return cfg
+
+
+def start_step(model, cfg, inputs):
+    """Patch ``model`` by ``cfg`` for a main-phase step; with the step cache, run step 0 first (untimed: it fills
+    the cache) so the step measured next takes the cache's path. Returns the controller."""
+    ctrl = cv.apply(model, cfg)
+    ctrl.set_step(0, 30)
+    if ctrl.step_cache is not None:
+        with torch.no_grad():
+            model(**inputs)
+        ctrl.set_step(1, 30)
+    return ctrl
 
 
 def scope_cross_view(args) -> str:
@@ -179,8 +199,10 @@ def worker(args) -> None:
     device, dtype = torch.device(args.device), resolve_dtype(args)
     model, cfg, inputs = build(args, device, dtype)
     n_blocks = cfg.depth + cfg.control_depth
-    if args.worker in SCOPE_MODES:
-        cv.apply(model, scope_prune_cfg(args, args.worker, args.ratio, n_blocks)).set_step(0, 30)
+    cache_bytes = 0
+    if args.worker in (*SCOPE_MODES, CACHE_MODE):
+        ctrl = start_step(model, scope_prune_cfg(args, args.worker, args.ratio, n_blocks), inputs)
+        cache_bytes = ctrl.step_cache.nbytes if ctrl.step_cache is not None else 0
     elif args.worker != "dense":
         ctrl = cv.apply(model, prune_cfg(args, plan_of(args, n_blocks), args.worker))
         ctrl.set_step(0, 30)
@@ -192,7 +214,8 @@ def worker(args) -> None:
         peak = _status_kib("VmHWM") * 1024
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"rss_before": before, "peak_rss": peak, "step_peak": peak - before, "peak_reset": reset}))
+    print(json.dumps({"rss_before": before, "peak_rss": peak, "step_peak": peak - before, "peak_reset": reset,
+                      "cache_bytes": cache_bytes}))
 
 
 def resolve_dtype(args):
@@ -208,9 +231,12 @@ def memory_cpu(argv, variant: str, extra=()) -> dict:
 
 
 def step_memory_cuda(model, inputs, cfg) -> dict:
-    """Peak CUDA memory of one forward step, pruned by ``cfg`` (``None``: dense), in bytes."""
+    """Peak CUDA memory of one forward step, pruned by ``cfg`` (``None``: dense), in bytes; with the step cache,
+    ``cache_bytes`` is what the cache holds (allocated before the step, so inside ``before``)."""
+    cache_bytes = 0
     if cfg is not None:
-        cv.apply(model, cfg).set_step(0, 30)
+        ctrl = start_step(model, cfg, inputs)
+        cache_bytes = ctrl.step_cache.nbytes if ctrl.step_cache is not None else 0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -219,7 +245,7 @@ def step_memory_cuda(model, inputs, cfg) -> dict:
     torch.cuda.synchronize()
     cv.remove(model)
     return {"before": before, "peak": torch.cuda.max_memory_allocated(),
-            "step_peak": torch.cuda.max_memory_allocated() - before}
+            "step_peak": torch.cuda.max_memory_allocated() - before, "cache_bytes": cache_bytes}
 
 
 def memory_cuda(model, inputs, args, plan, variants) -> dict:
@@ -277,7 +303,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--tag", default=None)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default="docs/benchmarks")
-    ap.add_argument("--worker", choices=("dense", "pruned", "pruned_cv", *SCOPE_MODES), default=None,
+    ap.add_argument("--step-cache", action="store_true",
+                    help="--scope block: also time block scope with the step cache (prune.step_cache), step 1 after "
+                         "an untimed step 0 that fills it; memory rows give the cache's bytes")
+    ap.add_argument("--worker", choices=("dense", "pruned", "pruned_cv", *SCOPE_MODES, CACHE_MODE), default=None,
                     help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(raw)
@@ -291,6 +320,8 @@ def main(argv=None) -> dict:
             fail(str(e))
         if args.plan:
             fail("--plan: with --scope block every mode uses a uniform plan of each --ratios value; drop --plan")
+    elif args.step_cache:
+        fail("--step-cache goes with --scope block (the cache keeps block residuals)")
     elif args.resolutions or args.ratios or args.no_split:
         fail("--resolutions, --ratios and --no-split go with --scope block (else use --resolution, --ratio)")
     else:
@@ -449,7 +480,7 @@ def host_spec(args, cfg):
 def scope_flops(args, cfg, hw, mode: str, ratio: float) -> dict:
     """FLOPs model for one mode of the scope comparison (views < 3 evaluated at 3 and scaled, as in ``main``)."""
     fl_views = max(args.views, 3)
-    kw = {"scope": "block" if mode == "block" else "attention",
+    kw = {"scope": "block" if mode in ("block", CACHE_MODE) else "attention",
           "cross_view": scope_cross_view(args) if mode == "attention" else "off"}
     if mode == "attention":
         kw["cross_view_select"] = args.cross_view_select
@@ -469,15 +500,16 @@ def scope_main(args, raw) -> dict:
     n_blocks = cfg.depth + cfg.control_depth
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cross_view = scope_cross_view(args)
-    variants = [("dense", None)] + [(mode, r) for r in args.ratio_list for mode in SCOPE_MODES]
-    label = {"dense": "dense", "attention": f"attention scope (cross-view {cross_view})", "block": "block scope"}
+    variants = [("dense", None)] + [(mode, r) for r in args.ratio_list for mode in scope_modes(args)]
+    label = {"dense": "dense", "attention": f"attention scope (cross-view {cross_view})", "block": "block scope",
+             CACHE_MODE: "block scope + step cache"}
     result = {
         "meta": {
             **machine_meta(device, dtype, args, cfg),
             "resolutions": args.resolution_list, "ratios": args.ratio_list, "views": args.views,
             "latent_frames": args.latent_frames, "batch": args.batch, "cond_tokens": args.cond_tokens + 1,
             "pad_sp": args.pad_sp, "cross_view": cross_view, "cross_view_select": args.cross_view_select,
-            "modes": {m: label[m] for m in ("dense", *SCOPE_MODES)}, "phase": "main",
+            "modes": {m: label[m] for m in ("dense", *scope_modes(args))}, "phase": "main",
             "warmup": args.warmup, "repeats": args.repeats, "order": "shuffled per round (seed 0)",
             "command": command_line(raw), "note": args.note,
         },
@@ -505,7 +537,7 @@ def scope_main(args, raw) -> dict:
             for v in order:
                 mode, ratio = v
                 if mode != "dense":
-                    cv.apply(model, scope_prune_cfg(args, mode, ratio, n_blocks)).set_step(0, 30)
+                    start_step(model, scope_prune_cfg(args, mode, ratio, n_blocks), inputs)
                 measured = i >= args.warmup
                 handles = time_modules(model, sync, split[v], clock) if measured and not args.no_split else []
                 sync()

@@ -61,7 +61,8 @@ PARTS=(
   "e2e|$T_E2E|$PY $E2E --resolution 848x1600 --cross-view qkv --tag gpu_848x1600 || $PY $E2E --resolution 424x800 --cross-view qkv --tag gpu_424x800"
   # dense, attention scope (self + cross-view qkv) and block scope at r 0.4 / 0.5, interleaved; 848x1600 first (the
   # report is rewritten after each resolution, so a timeout keeps it); no module split (its hooks synchronise)
-  "e2e_block_scope|$T_E2E_BLOCK|$PY tools/bench_e2e.py --scope block --preset xl --resolutions 848x1600,424x800 --ratios 0.4,0.5 --cross-view qkv --dtype bfloat16 --no-split --out $OUT --tag gpu_block_scope"
+  # with the step cache beside block scope (its step 1 after an untimed step 0; memory rows give its bytes)
+  "e2e_block_scope|$T_E2E_BLOCK|$PY tools/bench_e2e.py --scope block --step-cache --preset xl --resolutions 848x1600,424x800 --ratios 0.4,0.5 --cross-view qkv --dtype bfloat16 --no-split --out $OUT --tag gpu_block_scope"
 )
 
 if [ $DRY = 1 ]; then
