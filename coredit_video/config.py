@@ -129,9 +129,9 @@ class PruneConfig:
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.scope == "block" and not REGISTRY[self.method].supports_block_scope:
+            able = [m for m, cls in REGISTRY.items() if cls.supports_block_scope]
             raise ValueError(f"method {self.method!r} has no block scope (its restoration cannot rebuild a block "
-                             "residual); use scope='attention' or a CoReDiT rule (coredit, coredit_copy, "
-                             "coredit_sharp, coredit_merge)")
+                             f"residual); use scope='attention' or one of {able}")
         if not isinstance(self.step_cache, bool):
             raise ValueError(f"step_cache must be True or False, got {self.step_cache!r}")
         if self.step_cache and self.scope != "block":
@@ -159,9 +159,9 @@ class PruneConfig:
         if self.cross_view_select not in CROSS_VIEW_SELECT:
             raise ValueError(f"cross_view_select must be one of {CROSS_VIEW_SELECT}, got {self.cross_view_select!r}")
         if self.cross_view != "off" and self.scope == "attention" and not REGISTRY[self.method].supports_cross_view:
-            raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set "
-                             f"method='coredit' or cross_view='off' (method {self.method!r} prunes "
-                             "self-attention only)")
+            able = [m for m, cls in REGISTRY.items() if cls.supports_cross_view]
+            raise ValueError(f"cross_view={self.cross_view!r} prunes with CoReDiT's selection only; set method to one "
+                             f"of {able} or cross_view='off' (method {self.method!r} prunes self-attention only)")
         if self.bands is not None and (not isinstance(self.bands, int) or self.bands < 1):
             raise ValueError(f"bands must be None or an int >= 1, got {self.bands!r}")
         specs = parse_grids(self.grids)

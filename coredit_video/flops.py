@@ -163,9 +163,7 @@ __all__ = [
     "cross_attention_flops",
     "mlp_flops",
     "temporal_self_attention_flops",
-    "METHODS",
     "SCOPES",
-    "BLOCK_SCOPE_METHODS",
     "DEFAULT_GRIDS",
     "scoring_flops",
     "reconstruction_flops",
@@ -221,20 +219,8 @@ DEFAULT_FRAMES = 17
 DEFAULT_RESOLUTION = (848, 1600)
 """Default ``(H, W)`` in pixels: MagicDrive-V2's highest resolution bucket."""
 
-METHODS: Tuple[str, ...] = (
-    "coredit", "random", "no_reconstruction", "coredit_copy", "coredit_sharp", "coredit_merge",
-    "coredit_kv", "todo", "tome", "tomesd",
-)
-"""Token-reduction methods whose work :func:`count_flops` counts (``method=``)."""
 SCOPES: Tuple[str, ...] = ("attention", "block")
 """What a prunable spatial block runs on its retained tokens: its self-attention only, or all of it."""
-BLOCK_SCOPE_METHODS: Tuple[str, ...] = (
-    "coredit", "random", "no_reconstruction", "coredit_copy", "coredit_sharp", "coredit_merge",
-)
-"""Methods with a retained set and a restoration rule, hence a block scope."""
-_KV_ONLY_METHODS = ("coredit_kv", "todo")
-_NO_CROSS_VIEW_METHODS = ("todo", "tome", "tomesd")
-_TOME_METHODS = ("tome", "tomesd")
 DEFAULT_GRIDS: Tuple[Tuple[Tuple[int, int], Tuple[int, int]], ...] = (((8, 8), (4, 4)), ((6, 6), (3, 3)))
 """``(grid, subgrid)`` per block, block ``l`` uses entry ``l % len``: ``PruneConfig.grids``' default."""
 SOFTMAX_FLOPS_PER_ELEMENT = 5
@@ -556,16 +542,31 @@ def todo_dropped_keys(hw: Tuple[int, int], skipped: int) -> int:
     return min(3 * cells, H * W - 1)
 
 
+def _method(method: Any):
+    """The method ``method`` of the table (:mod:`coredit_video.methods`), which knows its own cost."""
+    from .methods import REGISTRY, build_method
+
+    if method not in REGISTRY:
+        raise ValueError(f"method must be one of {', '.join(REGISTRY)}, got {method!r}")
+    return build_method(method)
+
+
+def __getattr__(name: str):
+    """``METHODS`` / ``BLOCK_SCOPE_METHODS``: the table's methods now (a method registered at run time included),
+    and those with a block scope."""
+    from .methods import REGISTRY
+
+    if name == "METHODS":
+        return tuple(REGISTRY)
+    if name == "BLOCK_SCOPE_METHODS":
+        return tuple(m for m, cls in REGISTRY.items() if cls.supports_block_scope)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def method_skipped(method: str, hw: Tuple[int, int], skipped: int) -> int:
     """Tokens (``tome``: merged sources; ``coredit_kv``/``todo``: dropped keys) a ``method`` removes per frame
-    for a CoReDiT budget of ``skipped``."""
-    _check_method(method)
-    if method in _TOME_METHODS:
-        H, W = hw
-        return min(skipped, H * W - tome_destinations(hw))
-    if method == "todo":
-        return todo_dropped_keys(hw, skipped) if skipped else 0
-    return skipped
+    for a CoReDiT budget of ``skipped`` (the method's ``removed_tokens``)."""
+    return _method(method).removed_tokens(hw, skipped)
 
 
 def kv_only_attention_flops(n: int, keys: int, C: int) -> int:
@@ -575,93 +576,44 @@ def kv_only_attention_flops(n: int, keys: int, C: int) -> int:
 
 
 def method_attention_flops(method: str, n: int, kept: int, C: int) -> int:
-    """Self-attention of one frame under ``method`` with ``kept`` tokens (keys for ``coredit_kv``/``todo``),
+    """Self-attention of one frame under ``method`` with ``kept`` tokens (keys for a ``kv_only`` method),
     without the method's overhead; dense when ``kept >= n``."""
-    _check_method(method)
+    kv_only = _method(method).kv_only
     if kept >= n:
         return self_attention_flops(n, C)
-    if method in _KV_ONLY_METHODS:
-        return kv_only_attention_flops(n, kept, C)
-    return self_attention_flops(kept, C)
+    return kv_only_attention_flops(n, kept, C) if kv_only else self_attention_flops(kept, C)
 
 
 def restoration_terms(method: str, n: int, skipped: int, C: int, candidates: int, heads: int,
                       bias: bool = True) -> Dict[str, int]:
-    """The CoReDiT family's rule for the ``skipped`` tokens of a frame (attention outputs in the attention
-    scope, block residuals in the block scope), by named term, FLOPs.
-
-    ``candidates`` is ``sh*sw``; ``bias``: the merge's self-attention adds ``log(size)`` to each of its ``R x R``
-    logits per head (the attention scope; the block scope runs the block's own attention, without it).
-    """
-    kept = n - skipped
-    if method in ("coredit", "random"):
-        return {"reconstruction": reconstruction_flops(n, C)}
-    if method == "no_reconstruction":
-        return {}
-    terms = {"cosine_normalise": cosine_normalise_flops(n, C),
-             "cell_similarity": cell_similarity_flops(skipped, candidates, C)}
-    if method == "coredit_copy":
-        terms.update(argmax=argmax_flops(skipped, candidates), copy=copy_flops(skipped, C))
-    elif method == "coredit_sharp":
-        terms.update(softmax=softmax_flops(skipped, candidates),
-                     weighted_sum=weighted_sum_flops(skipped, candidates, C))
-    elif method == "coredit_merge":
-        terms.update(argmax=argmax_flops(skipped, candidates), merge=merge_flops(skipped, kept, C))
-        if bias:
-            terms["proportional_attention"] = proportional_attention_flops(heads, kept, kept)
-        terms["copy"] = copy_flops(skipped, C)
-    else:
-        raise ValueError(f"method {method!r} has no restoration rule; use one of {BLOCK_SCOPE_METHODS}")
-    return terms
+    """The method's rule for the ``skipped`` tokens of a frame (attention outputs in the attention scope, block
+    residuals in the block scope), by named term, FLOPs (its ``restoration_cost``)."""
+    return _method(method).restoration_cost(n, skipped, C, candidates, heads, bias)
 
 
 def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int,
                           subgrid: Tuple[int, int] = (4, 4), heads: int = 16,
                           scope: str = "attention") -> Dict[str, int]:
     """A method's own work on one frame of ``hw`` tokens with ``skipped`` removed (after
-    :func:`method_skipped`), by named term, FLOPs; empty when nothing is skipped. ``scope="block"`` adds the
-    gather of the block input and the residual (and needs a :data:`BLOCK_SCOPE_METHODS` method)."""
-    _check_method(method)
+    :func:`method_skipped`), by named term, FLOPs; empty when nothing is skipped (its ``overhead_cost``).
+    ``scope="block"`` adds the gather of the block input and the residual (and needs a method with a block
+    scope)."""
+    m = _method(method)
     _check_scope(scope, method)
-    H, W = hw
-    n = H * W
-    if not skipped:
-        return {}
-    kept = n - skipped
-    S = subgrid[0] * subgrid[1]
-    if method in _TOME_METHODS:
-        nd = tome_destinations(hw)
-        ns = n - nd
-        terms = {"cosine_normalise": cosine_normalise_flops(n, C), "tome_similarity": tome_similarity_flops(ns, nd, C),
-                 "tome_max": tome_max_flops(ns, nd), "tome_sort": tome_sort_flops(ns),
-                 "tome_merge": tome_merge_flops(skipped, kept, C), "unmerge": unmerge_flops(n, C)}
-        if method == "tome":
-            terms["proportional_attention"] = proportional_attention_flops(heads, kept, kept)
-        return terms
-    if method == "todo":
-        return {"todo_rank": todo_rank_flops(n, C), "todo_pool": todo_pool_flops(n, C)}
-    terms = {"scoring": scoring_flops(n, C)}
-    if method == "coredit_kv":
-        return terms
-    if scope == "block":
-        terms["gather"] = gather_flops(kept, C)
-        if method != "no_reconstruction":
-            terms["residual"] = residual_flops(n, C)
-    terms.update(restoration_terms(method, n, skipped, C, S, heads, bias=scope == "attention"))
-    return terms
+    return m.overhead_cost(hw, skipped, C, subgrid[0] * subgrid[1], heads, scope)
 
 
 def _check_method(method: Any) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    _method(method)
 
 
 def _check_scope(scope: Any, method: str) -> None:
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if scope == "block" and method not in BLOCK_SCOPE_METHODS:
+    if scope == "block" and not _method(method).supports_block_scope:
+        block = __getattr__("BLOCK_SCOPE_METHODS")
         raise ValueError(f"method {method!r} has no block scope (no retained set to run the block on); "
-                         f"use scope='attention' (--scope attention) or one of {', '.join(BLOCK_SCOPE_METHODS)}")
+                         f"use scope='attention' (--scope attention) or one of {', '.join(block)}")
 
 
 def cross_view_attention_flops(n: int, C: int, neighbours: int = 2, mode: str = "pairwise") -> int:
@@ -851,7 +803,7 @@ def count_flops(
         raise ValueError(f"cross_view_select must be 'self' or 'fresh', got {cross_view_select!r}")
     _check_method(method)
     _check_scope(scope, method)
-    if scope == "attention" and cross_view != "off" and method in _NO_CROSS_VIEW_METHODS:
+    if scope == "attention" and cross_view != "off" and not _method(method).supports_cross_view:
         raise ValueError(f"cross_view={cross_view!r} is not supported with method={method!r} (it keeps no "
                          "retained set to prune cross-view with); use cross_view='off' (--cross-view off)")
     if scope == "block" and cross_view_select != "self":

@@ -187,5 +187,7 @@ def test_config_rejects_unknown_modes():
         cv.PruneConfig.build(cross_view="q")
     with pytest.raises(ValueError, match="cross_view_select must be one of"):
         cv.PruneConfig.build(cross_view_select="second")
-    with pytest.raises(ValueError, match="set method='coredit' or cross_view='off'"):
+    with pytest.raises(ValueError, match="or cross_view='off'") as e:
         cv.PruneConfig.build(cross_view="kv", method="random")
+    for able in ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge"):  # every method that supports it
+        assert f"'{able}'" in str(e.value)

@@ -165,6 +165,12 @@ def test_block_scope_saves_in_every_spatial_kind_only():
 @pytest.mark.parametrize("method", F.BLOCK_SCOPE_METHODS)
 @pytest.mark.parametrize("cross_view", F.CROSS_VIEW_PRUNING)
 def test_block_scope_saves_at_least_attention_scope(method, cross_view):
+    from coredit_video.methods import REGISTRY
+
+    if cross_view != "off" and not REGISTRY[method].supports_cross_view:  # apply refuses it, so does the count
+        with pytest.raises(ValueError, match="--cross-view off"):
+            F.count_flops(XL, ratios=0.3, method=method, cross_view=cross_view)
+        cross_view = "off"
     for r in (0.1, 0.26, 0.5):
         att = F.count_flops(XL, ratios=r, method=method, cross_view=cross_view)
         blk = F.count_flops(XL, ratios=r, method=method, cross_view=cross_view, scope="block")
@@ -206,10 +212,16 @@ def test_unsupported_combinations_raise(kwargs, words):
         assert w in msg
 
 
-def test_coredit_kv_counts_cross_view_like_coredit():
-    a = F.count_flops(XL, ratios=0.3, cross_view="kv", method="coredit_kv")
-    b = F.count_flops(XL, ratios=0.3, cross_view="kv")
-    assert a["kinds"]["cross_view_attention"] == b["kinds"]["cross_view_attention"]
+def test_the_count_refuses_what_apply_refuses():
+    """coredit_kv keeps every query, so its selection cannot prune cross-view attention: apply refuses, and so does
+    the count (it once counted a setup apply refuses)."""
+    import coredit_video as cv
+    from tests.test_cross_view import build
+
+    with pytest.raises(ValueError, match="cross_view"):
+        cv.apply(build(), dict(ratios=0.3, method="coredit_kv", cross_view="kv"))
+    with pytest.raises(ValueError, match="--cross-view off"):
+        F.count_flops(XL, ratios=0.3, cross_view="kv", method="coredit_kv")
 
 
 # -------------------------------------------------------------------------------------------------- CLI

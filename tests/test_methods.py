@@ -536,3 +536,44 @@ def test_plugin_cross_view_qkv_only_for_methods_that_support_it(host, name):
         assert y.shape == dense.shape and torch.isfinite(y).all()
     finally:
         cv.remove(model)
+
+
+def test_a_method_registered_at_run_time_runs_everywhere_the_table_reaches():
+    """A new method is one class and one registry line: a renamed subclass of coredit_merge, registered now, runs
+    through apply, count_flops (the same total as the class it renames), the front's cost and the probe."""
+    import coredit_video as cv
+    from coredit_video import flops as F
+    from coredit_video.front import AttentionErrorProbe, flops_ratio, run_cost_flops
+    from coredit_video.methods import REGISTRY, register
+    from coredit_video.methods.coredit_merge import CoReDiTMerge
+    from tests.test_cross_view import build, inputs
+
+    class MyMerge(CoReDiTMerge):
+        name = "my_merge"
+
+    register(MyMerge)
+    try:
+        model, inp = build(), inputs()
+        with torch.no_grad():
+            cv.apply(model, dict(ratios=0.3, method="coredit_merge"))
+            ref = model(**inp)
+            ctrl = cv.apply(model, dict(ratios=0.3, method="my_merge"))
+            assert torch.equal(model(**inp), ref)
+            for scope in ("attention", "block"):
+                mine = F.count_flops("magicdrive-v2-xl", ratios=0.4, method="my_merge", scope=scope)
+                theirs = F.count_flops("magicdrive-v2-xl", ratios=0.4, method="coredit_merge", scope=scope)
+                assert mine["pruned_total"] == theirs["pruned_total"] and mine["overhead_terms"]
+            assert "my_merge" in F.METHODS and "my_merge" in F.BLOCK_SCOPE_METHODS
+            xl = ("magicdrive-v2-xl", (848, 1600))
+            assert run_cost_flops(*xl, "my_merge", [0.4, 0.1]) == run_cost_flops(*xl, "coredit_merge", [0.4, 0.1])
+            assert flops_ratio(*xl, 0.4, "my_merge@block") == flops_ratio(*xl, 0.4, "coredit_merge@block") < 1
+            cv.apply(model, dict(ratios=0.0))
+            ctrl = cv.get_controller(model)
+            probe = AttentionErrorProbe(ctrl, ["my_merge", "coredit_merge"], [0.3], temperature=0.05)
+            probe.attach()
+            model(**inp)
+            err = probe.errors()
+            assert err[("my_merge", 0.3)] == err[("coredit_merge", 0.3)] > 0
+            cv.remove(model)
+    finally:
+        REGISTRY.pop("my_merge", None)

@@ -15,7 +15,7 @@ A method is a :class:`TokenReducer` registered by name (:mod:`coredit_video.meth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -88,7 +88,13 @@ class TokenReducer:
     parallelism (its reduced queries and keys are equal per-rank counts of each rank's own bands).
     ``supports_cross_view``: its plan is a CoReDiT :class:`Selection` the block's cross-view attention may reuse.
     ``supports_block_scope``: its ``restore`` can rebuild a whole block's residual. ``trainable``: gradients
-    reach the host's weights through it. ``options``: the config fields its constructor takes.
+    reach the host's weights through it. ``options``: the config fields its constructor takes. ``kv_only``: it
+    reduces the keys and values only (every query attends). ``block_residual``: in block scope the skipped tokens
+    receive a rebuilt residual (``False``: they are routed around the block).
+
+    Its cost lives here too (``coredit_video.flops`` asks, per frame of one prunable block, FLOPs):
+    :meth:`removed_tokens`, :meth:`restoration_cost` and :meth:`overhead_cost`. A subclass that changes how it
+    reduces or restores overrides the matching one.
     """
 
     name: str = ""
@@ -98,6 +104,8 @@ class TokenReducer:
     supports_cross_view: bool = False
     supports_block_scope: bool = False
     trainable: bool = True
+    kv_only: bool = False
+    block_residual: bool = True
 
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> Any:
         raise NotImplementedError
@@ -107,6 +115,39 @@ class TokenReducer:
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, plan: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ cost (FLOPs per frame and block)
+    def removed_tokens(self, hw: Tuple[int, int], skipped: int) -> int:
+        """Tokens (keys for a ``kv_only`` method) removed from a frame of ``hw`` for a CoReDiT budget of
+        ``skipped``."""
+        return skipped
+
+    def restoration_cost(self, n: int, skipped: int, C: int, candidates: int, heads: int,
+                         bias: bool = True) -> Dict[str, int]:
+        """The rule that rebuilds the ``skipped`` of ``n`` tokens (attention outputs, or block residuals in block
+        scope), by named term. ``candidates``: the sub-grid cell size ``sh*sw``; ``bias``: attention scope (a merge
+        adds ``log(size)`` to its logits there)."""
+        raise ValueError(f"method {self.name!r} has no restoration rule (no block scope)")
+
+    def overhead_cost(self, hw: Tuple[int, int], skipped: int, C: int, candidates: int, heads: int,
+                      scope: str = "attention") -> Dict[str, int]:
+        """The method's own work on a frame of ``hw`` tokens with ``skipped`` removed (after
+        :meth:`removed_tokens`), by named term; empty when nothing is removed. This default is the CoReDiT family's:
+        scoring, and in block scope the gather of the block input and the residual, then the restoration."""
+        from .. import flops as F
+
+        n = hw[0] * hw[1]
+        if not skipped:
+            return {}
+        terms = {"scoring": F.scoring_flops(n, C)} if self.uses_scores else {}
+        if self.kv_only:
+            return terms
+        if scope == "block":
+            terms["gather"] = F.gather_flops(n - skipped, C)
+            if self.block_residual:
+                terms["residual"] = F.residual_flops(n, C)
+        terms.update(self.restoration_cost(n, skipped, C, candidates, heads, bias=scope == "attention"))
+        return terms
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -31,6 +31,11 @@ class CoReDiT(TokenReducer):
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         return Reduced(gather_tokens(x, sel.keep))
 
+    def restoration_cost(self, n, skipped, C, candidates, heads, bias=True):
+        from .. import flops as F
+
+        return {"reconstruction": F.reconstruction_flops(n, C)}  # eq. 3
+
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
         b = geo.block

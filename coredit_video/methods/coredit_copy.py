@@ -55,6 +55,13 @@ def copy_restore(y_full: torch.Tensor, sel: Selection, target: torch.Tensor, has
 class CoReDiTCopy(CoReDiT):
     name = "coredit_copy"
 
+    def restoration_cost(self, n, skipped, C, candidates, heads, bias=True):
+        from .. import flops as F
+
+        return {"cosine_normalise": F.cosine_normalise_flops(n, C),
+                "cell_similarity": F.cell_similarity_flops(skipped, candidates, C),
+                "argmax": F.argmax_flops(skipped, candidates), "copy": F.copy_flops(skipped, C)}
+
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
         target, has = nearest_retained(x, sel, geo)

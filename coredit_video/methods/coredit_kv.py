@@ -16,6 +16,7 @@ class CoReDiTKV(CoReDiT):
     supports_sp = False
     supports_cross_view = False
     supports_block_scope = False
+    kv_only = True
 
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         return Reduced(x, kv=gather_tokens(x, sel.keep))

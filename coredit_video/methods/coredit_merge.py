@@ -27,6 +27,20 @@ class CoReDiTMerge(CoReDiT):
     supports_cross_view = True
     supports_block_scope = True
 
+    def restoration_cost(self, n, skipped, C, candidates, heads, bias=True):
+        """Cosine to the cell's retained tokens, argmax, the size-weighted merge, ``log(size)`` on the ``R x R``
+        logits per head (attention scope only: the block's own attention in block scope takes none), the copy."""
+        from .. import flops as F
+
+        kept = n - skipped
+        terms = {"cosine_normalise": F.cosine_normalise_flops(n, C),
+                 "cell_similarity": F.cell_similarity_flops(skipped, candidates, C),
+                 "argmax": F.argmax_flops(skipped, candidates), "merge": F.merge_flops(skipped, kept, C)}
+        if bias:
+            terms["proportional_attention"] = F.proportional_attention_flops(heads, kept, kept)
+        terms["copy"] = F.copy_flops(skipped, C)
+        return terms
+
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         target, has = nearest_retained(x, sel, geo)
         Fr, N, C = x.shape

@@ -24,6 +24,14 @@ class CoReDiTSharp(CoReDiT):
     def __init__(self, temperature: float = 0.05):
         self.temperature = float(temperature)
 
+    def restoration_cost(self, n, skipped, C, candidates, heads, bias=True):
+        from .. import flops as F
+
+        return {"cosine_normalise": F.cosine_normalise_flops(n, C),
+                "cell_similarity": F.cell_similarity_flops(skipped, candidates, C),
+                "softmax": F.softmax_flops(skipped, candidates),
+                "weighted_sum": F.weighted_sum_flops(skipped, candidates, C)}
+
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
         b = geo.block

@@ -14,6 +14,10 @@ class NoReconstruction(CoReDiT):
     name = "no_reconstruction"
     supports_cross_view = False
     supports_block_scope = True  # skipped tokens keep their input: the block is routed around them
+    block_residual = False
+
+    def restoration_cost(self, n, skipped, C, candidates, heads, bias=True):
+        return {}
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:

@@ -50,6 +50,19 @@ class TokenDownsampling(TokenReducer):
     name = "todo"
     uses_scores = False
     supports_sp = False
+    kv_only = True
+
+    def removed_tokens(self, hw, skipped):
+        """Keys dropped: ``ceil(K/3)`` whole 2x2 cells pooled (each 4 -> 1), at most the frame's cells."""
+        from .. import flops as F
+
+        return F.todo_dropped_keys(hw, skipped) if skipped else 0
+
+    def overhead_cost(self, hw, skipped, C, candidates, heads, scope="attention"):
+        from .. import flops as F
+
+        n = hw[0] * hw[1]
+        return {"todo_rank": F.todo_rank_flops(n, C), "todo_pool": F.todo_pool_flops(n, C)} if skipped else {}
 
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]):
         return pooled_cells(x, geo)

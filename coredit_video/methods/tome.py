@@ -80,6 +80,31 @@ class TokenMerging(TokenReducer):
     supports_sp = False
     proportional = True  # log(size) on every query's logit of a merged key
 
+    def removed_tokens(self, hw, skipped):
+        """Only sources merge: at most ``N - Nd`` of them."""
+        from .. import flops as F
+
+        return min(skipped, hw[0] * hw[1] - F.tome_destinations(hw))
+
+    def overhead_cost(self, hw, skipped, C, candidates, heads, scope="attention"):
+        """Normalise ``3NC``, the source-destination cosines ``2 Ns Nd C``, their max ``Ns Nd``, the sort
+        ``Ns ceil(log2 Ns)``, the merge ``KC + RC``, the unmerge ``NC`` and, with proportional attention,
+        ``log(size)`` on the ``R x R`` logits per head."""
+        from .. import flops as F
+
+        if not skipped:
+            return {}
+        n = hw[0] * hw[1]
+        nd = F.tome_destinations(hw)
+        ns, kept = n - nd, n - skipped
+        terms = {"cosine_normalise": F.cosine_normalise_flops(n, C),
+                 "tome_similarity": F.tome_similarity_flops(ns, nd, C), "tome_max": F.tome_max_flops(ns, nd),
+                 "tome_sort": F.tome_sort_flops(ns), "tome_merge": F.tome_merge_flops(skipped, kept, C),
+                 "unmerge": F.unmerge_flops(n, C)}
+        if self.proportional:
+            terms["proportional_attention"] = F.proportional_attention_flops(heads, kept, kept)
+        return terms
+
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> int:
         return geo.skipped
 
