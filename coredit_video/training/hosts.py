@@ -9,29 +9,12 @@ used, so training never imports a host it does not run. The embedded default is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import importlib
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Dict
 
-import torch
-import torch.nn as nn
+from ..host_bundle import HostBundle
 
-from ..flops import ModelSpec
-
-
-@dataclass
-class HostBundle:
-    model: nn.Module
-    forward: Callable[[nn.Module, torch.Tensor, torch.Tensor, Dict], torch.Tensor]
-    dataset: Any
-    collate: Callable
-    latents: Callable[[Dict], torch.Tensor]  # batch -> x0 latents [B, NC, C, T, H, W]
-    frame_info: Callable[[Dict], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> height, width, frames [B]
-    spec: ModelSpec
-    token_grid: Callable[[torch.Tensor], Tuple[int, int]]  # latents -> padded per-frame token grid
-    codec: Any = None  # latents <-> pixels (``decode``) where the embedded default has one
-    drop_condition: Optional[Callable[[Dict, torch.Tensor], Dict]] = None  # (batch, [B] bool) -> batch
-    init_weights: Optional[Callable[[nn.Module, str], str]] = None  # (model, train.init_from) -> log description
+__all__ = ["HOST_BUILDERS", "HostBundle", "build_host_bundle", "held_out_data"]
 
 
 def held_out_data(data_cfg: Dict, num_samples: int, seed_offset: int) -> Dict:

@@ -1,4 +1,4 @@
-"""The trainer's :class:`~coredit_video.training.hosts.HostBundle` for the built-in host on the synthetic world
+"""The trainer's :class:`~coredit_video.host_bundle.HostBundle` for the built-in host on the synthetic world
 (``model.type="builtin"``): model, forward, dataset, codec latents, FLOPs spec, condition dropout, shipped weights."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Dict
 import torch
 
 from ...flops import ModelSpec
-from ...training.hosts import HostBundle
+from ...host_bundle import HostBundle
 from ..codec import ToyCodec
 from ..world import SyntheticDrivingDataset, collate
 from .mv_stdit import MultiViewSTDiT, host_config
