@@ -37,3 +37,48 @@ def test_controller_only_controls():
     assert len(src.splitlines()) < 300
     for moved in ("class ForwardContext", "def enter_block", "class HookProxy", "sp_self_attention", "def _call"):
         assert moved not in src, moved
+
+
+def _traced_files(cfg) -> list:
+    """Package files (host code aside) one forward of the built-in host enters under ``cfg``, first-entry order."""
+    import sys
+
+    import torch
+
+    import coredit_video as cv
+    from tests.test_cross_view import build, inputs
+
+    model, inp = build(), inputs()
+    cv.apply(model, cfg)
+    seen = []
+
+    def profile(frame, event, arg):
+        f = frame.f_code.co_filename
+        if event == "call" and f.startswith(PKG + os.sep) and os.sep + "embedded" + os.sep not in f:
+            rel = os.path.relpath(f, PKG).replace(os.sep, "/")
+            if rel not in seen:
+                seen.append(rel)
+
+    with torch.no_grad():
+        sys.setprofile(profile)
+        try:
+            model(**inp)
+        finally:
+            sys.setprofile(None)
+    cv.remove(model)
+    return seen
+
+
+def test_the_traced_table_is_what_a_pruned_forward_enters():
+    doc = _read(REPO, "docs", "design.md")
+    table = {m.group(1): (int(m.group(2)), m.group(3)) for m in re.finditer(
+        r"^\| (`[^|]+`(?:, block scope)?) \| (\d+) \| (.+) \|$", doc, flags=re.M)}
+    base = _traced_files(dict(ratios=0.3))
+    merge = _traced_files(dict(ratios=0.3, method="coredit_merge"))
+    block = _traced_files(dict(ratios=0.3, scope="block"))
+    n, files = table["`coredit`"]
+    assert n == len(base) and re.findall(r"`([^`]+)`", files) == base
+    n, files = table["`coredit_merge`"]
+    assert n == len(merge) and set(merge) == set(base) | set(re.findall(r"`([^`]+\.py)`", files))
+    n, _ = table["`coredit`, block scope"]
+    assert n == len(block) and set(block) == set(base) - {"attention/pruned.py"} | {"block_scope.py"}
