@@ -28,7 +28,7 @@ import torch.nn as nn
 from . import kernels
 from .execution import rank_call, sp_size_of
 from .methods import Reduced, Selection, gather_tokens
-from .step_cache import CacheEntry, stale_first_selection
+from .step_cache import CacheEntry, captured_branches, regate, split_gated, stale_first_selection
 
 
 def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
@@ -66,13 +66,19 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     cache = controller.step_cache
     slot = call.ctx.slot if cache is not None else None
     entry = cache.get(slot, ordinal, frames) if slot is not None else None
+    gated = slot is not None and controller.cfg.cache_form == "gated"
+    names = controller.adapter.gated_branches
+    gates = controller.adapter.block_gates(block, args, kwargs) if gated else None
     if geo.skipped == 0:
-        out = forward(block, *args, **kwargs)
+        with captured_branches(block, names, gated) as got:
+            out = forward(block, *args, **kwargs)
         if slot is not None:  # a dense step fills the cache with every token's residual
             first = out[0] if isinstance(out, (tuple, list)) else out
-            residual = (first.reshape(BN * T, S, C) - frames).detach()
+            residual, branches = (first.reshape(BN * T, S, C) - frames).detach(), None
+            if gated:
+                residual, branches = split_gated(residual, {k: v.detach() for k, v in got.items()}, names, gates, T)
             cache.put(slot, ordinal, CacheEntry(residual, torch.zeros(BN * T, S, dtype=torch.int16, device=x.device),
-                                                _keep_inputs(controller, frames)))
+                                                _keep_inputs(controller, frames), branches))
             cache.realized.append((call.ctx.step, ordinal, 0.0))
         return out
     if call.counts is not None and len(set(call.counts)) > 1:
@@ -95,7 +101,8 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
-    out = forward(block, *args, **kwargs)
+    with captured_branches(block, names, gated) as got:
+        out = forward(block, *args, **kwargs)
     derived = None
     if isinstance(out, (tuple, list)):
         derived = spec.get("derived")
@@ -105,10 +112,10 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
                              "(output 1 = block.<name>(output 0)); use scope='attention'")
         out = out[0]
     out_kept = out.reshape(BN * T, R, C)
+    idx = sel.keep.unsqueeze(-1).expand(-1, -1, C)
     if entry is not None:
         # the computed tokens' new residuals over the cache (gradients reach them; cached rows are constants)
-        residual = entry.residual.to(out_kept.dtype).scatter(1, sel.keep.unsqueeze(-1).expand(-1, -1, C),
-                                                             out_kept - kept)
+        residual = regate(entry, gates, T).to(out_kept.dtype).scatter(1, idx, out_kept - kept)
     else:
         residual = method.restore(out_kept - kept, frames, sel, red, geo)  # [BN*T, S, C]
     if slot is not None:
@@ -116,9 +123,16 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         age = age.scatter(1, sel.keep, 0)
         inputs = None
         if controller.cfg.cache_select == "change":
-            idx = sel.keep.unsqueeze(-1).expand(-1, -1, C)
             inputs = frames.detach() if entry is None else entry.inputs.scatter(1, idx, kept.detach())
-        cache.put(slot, ordinal, CacheEntry(residual.detach(), age, inputs))
+        rest, branches = residual.detach(), None
+        if gated:  # the computed tokens' branches and rest; the skipped keep theirs (or, first time, 0 branches)
+            new_rest, new_br = split_gated((out_kept - kept).detach(), {k: v.detach() for k, v in got.items()},
+                                           names, gates, T)
+            old_rest = entry.residual if entry is not None else residual.detach()
+            old_br = entry.branches if entry is not None else (torch.zeros_like(rest), torch.zeros_like(rest))
+            rest = old_rest.scatter(1, idx, new_rest)
+            branches = tuple(o.scatter(1, idx, b) for o, b in zip(old_br, new_br))
+        cache.put(slot, ordinal, CacheEntry(rest, age, inputs, branches))
         cache.realized.append((call.ctx.step, ordinal, sel.skip.shape[1] / S))
     full = (frames + residual).reshape(BN, L, C)
     if derived is None:

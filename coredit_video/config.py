@@ -54,6 +54,9 @@ class PruneConfig:
         whose block input moved least since it was computed skips first; caches the inputs too), ``"coherence"``
         (CoReDiT's score: the most coherent skips), ``"staleness"`` (token order) or ``"random"``. Measured at r 0.5,
         30 steps, 4 held-out scenes: 50.3 / 46.6 / 44.4 / 49.4 dB (``docs/quality.md``, "Step cache").
+    cache_form: with ``step_cache``, what a block caches per token: ``"residual"`` (its block residual) or
+        ``"gated"`` (ToCa's form: the self-attention and MLP branches before their adaLN gates, re-gated with the
+        current step's gates, and the rest of the residual; the adapter must know the gates).
     """
 
     adapter: str = "auto"
@@ -76,6 +79,7 @@ class PruneConfig:
     max_stale: Optional[int] = None
     dense_steps: int = 0
     cache_select: str = "change"
+    cache_form: str = "residual"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
@@ -141,10 +145,12 @@ class PruneConfig:
             raise ValueError(f"max_stale must be None or an int >= 1 (steps), got {self.max_stale!r}")
         if isinstance(self.dense_steps, bool) or not isinstance(self.dense_steps, int) or self.dense_steps < 0:
             raise ValueError(f"dense_steps must be an int >= 0, got {self.dense_steps!r}")
-        from .step_cache import CACHE_SELECT
+        from .step_cache import CACHE_FORMS, CACHE_SELECT
 
         if self.cache_select not in CACHE_SELECT:
             raise ValueError(f"cache_select must be one of {CACHE_SELECT}, got {self.cache_select!r}")
+        if self.cache_form not in CACHE_FORMS:
+            raise ValueError(f"cache_form must be one of {CACHE_FORMS}, got {self.cache_form!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")

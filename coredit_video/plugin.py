@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from . import adapters  # noqa: F401  (registers the built-in adapters)
+from .adapters.base import HostAdapter
 from .config import PruneConfig
 from .controller import PruningController
 from .block_scope import BlockScopePatch
@@ -48,6 +49,9 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
             raise ValueError(f"{name}: {attn.num_heads} heads do not divide by the SP size {sp_size}")
         if getattr(attn, "rope", None) not in (None, False):
             raise ValueError(f"{name}: rotary embeddings in spatial self-attention are not supported")
+    if cfg.step_cache and cfg.cache_form == "gated" and type(adapter).block_gates is HostAdapter.block_gates:
+        raise ValueError(f"cache_form='gated' needs the adapter's block gates, which the {type(adapter).__name__} "
+                         "does not give; use cache_form='residual'")
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
     if cfg.scope == "block":

@@ -17,6 +17,7 @@ with one warning; ``remove`` frees it.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +27,7 @@ from .ops.partition import check_frame, forced_mask
 from .ops.tables import cached, on_device
 
 CACHE_SELECT = ("coherence", "staleness", "random", "change")
+CACHE_FORMS = ("residual", "gated")
 
 
 @dataclass
@@ -36,10 +38,15 @@ class CacheEntry:
     residual: torch.Tensor
     age: torch.Tensor
     inputs: Optional[torch.Tensor] = None  # rule "change": each token's block input when it was last computed
+    # cache_form "gated": the attention and MLP branches before their adaLN gates ([F, N, C] each); ``residual`` is
+    # then the rest of the block residual (cross-view, cross-attention), so that
+    # residual_now = residual + gate_attn_now * branches[0] + gate_mlp_now * branches[1]
+    branches: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @property
     def nbytes(self) -> int:
         held = [self.residual, self.age] + ([self.inputs] if self.inputs is not None else [])
+        held += list(self.branches or ())
         return sum(t.numel() * t.element_size() for t in held)
 
 
@@ -103,10 +110,12 @@ class StepCache:
 
 
 def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2,
-                          select: str = "coherence") -> int:
+                          select: str = "coherence", form: str = "residual") -> int:
     """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype,
-    the age ``F N`` (int16) and, for ``select="change"``, the inputs ``F N C``."""
-    per_token = channels * dtype_bytes * (2 if select == "change" else 1) + 2
+    the age ``F N`` (int16), for ``select="change"`` the inputs ``F N C`` and for ``form="gated"`` the two gated
+    branches ``2 F N C``."""
+    tensors = 1 + (select == "change") + 2 * (form == "gated")
+    per_token = channels * dtype_bytes * tensors + 2
     return frames * tokens * per_token
 
 
@@ -158,3 +167,34 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
                              f"{int(total[0])}); raise prune.max_stale or lower the ratio")
     return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
 
+
+
+@contextmanager
+def captured_branches(block, names: Sequence[str], on: bool):
+    """While the block runs: ``{name: output}`` of its submodules ``names`` (the gated branches), if ``on``."""
+    got: Dict[str, torch.Tensor] = {}
+    handles = [getattr(block, n).register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o))
+               for n in (names if on else ())]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def split_gated(residual: torch.Tensor, got: Dict[str, torch.Tensor], names: Sequence[str], gates, T: int):
+    """``residual [F, n, C]`` -> ``(rest, (attn, mlp))`` with ``residual = rest + g_attn * attn + g_mlp * mlp``:
+    the branches before their gates (each ``[F, n, C]``), ``gates`` the block's ``(g_attn, g_mlp)``
+    ``[B*NC, 1, C]`` (rows repeated per frame, ``F = B*NC*T``)."""
+    F_, n, C = residual.shape
+    g_a, g_m = (g.repeat_interleave(T, 0) for g in gates)
+    a, m = (got[k].reshape(F_, n, C) for k in names)
+    return residual - g_a * a - g_m * m, (a, m)
+
+
+def regate(entry: CacheEntry, gates, T: int) -> torch.Tensor:
+    """The cached block residual of every token with this step's gates (``gated`` form), or as cached."""
+    if entry.branches is None:
+        return entry.residual
+    g_a, g_m = (g.repeat_interleave(T, 0) for g in gates)
+    return entry.residual + g_a * entry.branches[0] + g_m * entry.branches[1]

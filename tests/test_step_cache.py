@@ -223,3 +223,44 @@ def test_flops_cli_counts_the_cache_memory():
     assert (m["frames"], m["tokens_per_rank"]) == (30, 700)
     assert m["bytes_per_block_per_rank"] == 30 * 700 * (1152 * 2 * 2 + 2)
     assert m["bytes_per_rank"] == m["blocks"] * m["bytes_per_block_per_rank"]
+
+
+def test_gated_form_regates_each_skipped_token_with_this_step_s_gates():
+    """cache_form='gated' (ToCa): the cache holds each token's attention and MLP branches before their adaLN gates
+    and the rest of its residual; re-gated with the gates of the step that computed them, they give that step's
+    block residual exactly. A loop in this form stays close to dense."""
+    from coredit_video.step_cache import regate
+
+    model = build()
+    dense, _ = loop(model)
+    outs, ctrl = loop(model, dict(CACHE, cache_form="gated"))
+    assert all(e.branches is not None for e in ctrl.step_cache.entries.values())
+    for i in range(1, 5):
+        assert float((outs[i][0] - dense[i][0]).norm() / dense[i][0].norm()) < 0.05
+    ctrl.set_step(0, 3)  # a fresh loop: the dense step's entries against the block residuals it computed
+    seen = {}
+    ordinal_of = {id(b): i for i, b in enumerate(ctrl.blocks)}
+
+    def grab(module, args, out):
+        seen[ordinal_of[id(module)]] = (args[0], out, ctrl.adapter.block_gates(module, args, {}))
+
+    hooks = [b.register_forward_hook(grab) for b in ctrl.blocks]
+    with torch.no_grad():
+        model(**inputs())
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(ctrl)
+    for ordinal, (x, out, gates) in seen.items():
+        BN, L, C = x.shape
+        got = regate(ctrl.step_cache.entries[(0, ordinal)], gates, T)
+        torch.testing.assert_close(got, (out - x).reshape(BN * T, L // T, C), rtol=1e-5, atol=1e-5)
+    cv.remove(model)
+
+
+def test_gated_form_needs_an_adapter_that_knows_the_gates(monkeypatch):
+    from coredit_video.adapters.base import HostAdapter
+    from coredit_video.embedded.host.adapter import BuiltinHostAdapter
+
+    monkeypatch.setattr(BuiltinHostAdapter, "block_gates", HostAdapter.block_gates)
+    with pytest.raises(ValueError, match="cache_form='residual'"):
+        cv.apply(build(), dict(ratios=0.3, **dict(CACHE, cache_form="gated")))

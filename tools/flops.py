@@ -63,6 +63,8 @@ def build_parser() -> ArgumentParser:
                         "--bands, bf16, one forward slot of batch 1; guidance in two calls doubles it)")
     p.add_argument("--cache-select", default="change", choices=("change", "coherence", "staleness", "random"),
                    help="prune.cache_select (change also caches each token's input)")
+    p.add_argument("--cache-form", default="residual", choices=("residual", "gated"),
+                   help="prune.cache_form (gated caches the attention and MLP branches too)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
     return p
@@ -172,28 +174,29 @@ def main(argv=None) -> int:
     if args.step_cache:
         if args.scope != "block":
             parser.error("--step-cache caches block residuals: add --scope block")
-        res["step_cache"] = step_cache_memory(res, F.get_spec(args.preset).hidden, args.cache_select)
+        res["step_cache"] = step_cache_memory(res, F.get_spec(args.preset).hidden, args.cache_select, args.cache_form)
     if args.json:
         print(json.dumps(res))
     else:
         print_table(res, args.blocks)
         if args.step_cache:
             m = res["step_cache"]
-            print(f"step cache ({m['select']}): {m['bytes_per_block_per_rank'] / 2**20:.1f} MiB per block per rank, "
+            print(f"step cache ({m['form']}, {m['select']}): "
+                  f"{m['bytes_per_block_per_rank'] / 2**20:.1f} MiB per block per rank, "
                   f"{m['bytes_per_rank'] / 2**30:.2f} GiB per rank ({m['blocks']} blocks, {m['ranks']} ranks, "
                   f"{m['frames']} frames x {m['tokens_per_rank']} tokens, bf16)")
     return 0
 
 
-def step_cache_memory(res: dict, hidden: int, select: str) -> dict:
+def step_cache_memory(res: dict, hidden: int, select: str, form: str = "residual") -> dict:
     """The step cache's bytes per block and per rank for the counted geometry (bf16, one forward slot of batch 1)."""
     from coredit_video.step_cache import cache_bytes_per_block
 
     inp = res["inputs"]
     ranks = inp["bands"]
     frames, tokens = inp["views"] * inp["latent_frames"], inp["tokens_per_frame"] // ranks
-    per_block = cache_bytes_per_block(frames, tokens, hidden, 2, select)
-    return dict(select=select, ranks=ranks, frames=frames, tokens_per_rank=tokens, blocks=len(res["blocks"]),
+    per_block = cache_bytes_per_block(frames, tokens, hidden, 2, select, form)
+    return dict(select=select, form=form, ranks=ranks, frames=frames, tokens_per_rank=tokens, blocks=len(res["blocks"]),
                 bytes_per_block_per_rank=per_block, bytes_per_rank=per_block * len(res["blocks"]))
 
 

@@ -29,6 +29,15 @@ class HostAdapter:
     default_groups: Tuple[str, ...] = ()
     # where a spatial block's forward takes x [B*NC, T*S, C], T and S: (position, keyword); block scope needs them
     block_args: Optional[Dict[str, Tuple[int, str]]] = None
+    # the gated step cache (prune.cache_form="gated"): the submodules of a spatial block whose outputs its adaLN
+    # gates scale (self-attention, MLP); block_gates gives the gates
+    gated_branches: Tuple[str, str] = ("attn", "mlp")
+
+    def block_gates(self, block: nn.Module, args: tuple, kwargs: dict):
+        """``(gate_attn, gate_mlp)`` ``[B*NC, 1, C]`` of one spatial block call (the adaLN gates of its
+        self-attention and MLP branches), or ``None`` where the adapter does not know them (the gated step cache
+        then refuses)."""
+        return None
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

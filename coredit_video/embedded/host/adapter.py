@@ -21,6 +21,13 @@ class BuiltinHostAdapter(HostAdapter):
     default_groups = ("base_blocks_s", "control_blocks_s")
     block_args = {"x": (0, "x"), "T": (3, "T"), "S": (4, "S")}  # blk(x, cond, t_mod, T, S, NC)
 
+    def block_gates(self, block, args, kwargs):
+        """``gate_msa`` and ``gate_mlp`` of :class:`MultiViewSTDiT3Block` (chunks 2 and 5 of its modulation)."""
+        t_mod = args[2] if len(args) > 2 else kwargs["t_mod"]
+        BN, C = t_mod.shape[0], block.scale_shift_table.shape[1]
+        mod = block.scale_shift_table[None] + t_mod.view(BN, 6, C)
+        return mod[:, 2:3], mod[:, 5:6]
+
     def matches(self, model) -> bool:
         from .mv_stdit import MultiViewSTDiT
 
