@@ -109,3 +109,21 @@ def test_block_scope_progressive_fine_tune_with_distillation_under_sp(tmp_path):
     attn = [float(m.group(1)) for m in (re.search(r"\(ori \S+ pred \S+ attn ([0-9.e+-]+)\)", ln) for ln in
                                         (work / "train.log").read_text().splitlines()) if m]
     assert attn and attn[-1] > 0  # distillation on the most recently pruned block's outputs
+
+
+def test_flops_meter_counts_the_method_and_scope_that_train():
+    """The trainer's "FLOPs saved" counts the configured method and scope (it once counted the paper's rule in
+    attention scope whatever the config said)."""
+    from coredit_video.flops import count_flops, get_spec
+    from coredit_video.training.trainer import FlopsMeter
+
+    spec = get_spec("magicdrive-v2-xl")
+    ratios = [0.5] * spec.prunable_blocks
+    for method, scope in (("coredit", "block"), ("coredit_merge", "attention"), ("tome", "attention")):
+        dense, saved = FlopsMeter(spec, 6, 1, 3, method=method, scope=scope).per_sample(ratios, (56, 100), 5)
+        want = count_flops(spec, None, views=6, ratios=ratios, hw_tokens=(56, 100), latent_frames=5, stride=3,
+                           method=method, scope=scope)
+        assert (dense, saved) == (want["dense_total"], want["saved_total"])
+    _, att = FlopsMeter(spec, 6, 1, 3).per_sample(ratios, (56, 100), 5)
+    _, blk = FlopsMeter(spec, 6, 1, 3, scope="block").per_sample(ratios, (56, 100), 5)
+    assert blk > 1.2 * att

@@ -66,8 +66,10 @@ def setup_logging(work_dir: str, is_main: bool) -> None:
 class FlopsMeter:
     """Running "FLOPs saved so far": dense and saved FLOPs summed over every trained sample."""
 
-    def __init__(self, spec, views: int, bands: int, stride: int, cross_view: str = "off"):
+    def __init__(self, spec, views: int, bands: int, stride: int, cross_view: str = "off", method: str = "coredit",
+                 scope: str = "attention"):
         self.spec, self.views, self.bands, self.stride, self.cross_view = spec, views, bands, stride, cross_view
+        self.method, self.scope = method, scope
         self.dense = 0
         self.saved = 0
         self._cache: Dict[tuple, tuple] = {}
@@ -76,7 +78,8 @@ class FlopsMeter:
         key = (tuple(round(r, 9) for r in ratios), tuple(hw), T)
         if key not in self._cache:
             res = count_flops(self.spec, None, views=self.views, ratios=list(ratios), bands=self.bands,
-                              hw_tokens=hw, latent_frames=T, stride=self.stride, cross_view=self.cross_view)
+                              hw_tokens=hw, latent_frames=T, stride=self.stride, cross_view=self.cross_view,
+                              method=self.method, scope=self.scope)
             self._cache[key] = (res["dense_total"], res["saved_total"])
         return self._cache[key]
 
@@ -137,7 +140,8 @@ def _train(cfg: TrainConfig, st, resume: Optional[str], stop_after: Optional[int
         betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip, warmup_steps=o.warmup_steps))
     ema = EMA(model, tc.ema_decay)
     start_step = 0
-    flops = FlopsMeter(bundle.spec, bundle.spec.views, ctrl.bands, cfg.prune.stride, ctrl.cfg.cross_view)
+    flops = FlopsMeter(bundle.spec, bundle.spec.views, ctrl.bands, cfg.prune.stride, ctrl.cfg.cross_view,
+                       ctrl.cfg.method, ctrl.cfg.scope)
     ratio_trace: List[List[float]] = []
     ckpt = resolve_resume(resume, cfg.work_dir)
     if ckpt:
@@ -250,7 +254,8 @@ def finish(cfg: TrainConfig, ctrl, schedule, flops: FlopsMeter, ratio_trace, bun
     x = bundle.latents(bundle.collate([bundle.dataset[0]]))
     hw, T = bundle.token_grid(x), x.shape[3]
     final = count_flops(bundle.spec, None, views=bundle.spec.views, ratios=schedule.ratios, bands=ctrl.bands,
-                        hw_tokens=hw, latent_frames=T, stride=cfg.prune.stride, cross_view=ctrl.cfg.cross_view)
+                        hw_tokens=hw, latent_frames=T, stride=cfg.prune.stride, cross_view=ctrl.cfg.cross_view,
+                        method=ctrl.cfg.method, scope=ctrl.cfg.scope)
     summary = dict(
         plan=plan_path,
         final_plan_self_attention_reduction=final["self_attention_reduction"],
