@@ -93,6 +93,16 @@ BAD_INPUTS = [
     ("demo.py", ["--preset", "foo"], "unknown host preset 'foo'"),
     ("demo.py", ["--ratio", "1.5"], "--ratio must be in [0, 1)"),
     ("flops.py", ["--method", "foo"], "invalid choice: 'foo'"),
+    # the options the step cache and the front's new lines add
+    ("generate.py", [CONFIG, "--ckpt", "none", "--dense", "--out", "{out}", "--cfg-options", "prune.step_cache=True"],
+     "set scope='block'"),
+    ("generate.py", [CONFIG, "--ckpt", "none", "--dense", "--out", "{out}", "--cfg-options", "prune.scope=block",
+                     "prune.step_cache=True", "prune.cache_select=oldest"], "cache_select must be one of"),
+    ("front.py", ["--methods", "coredit+cache", "--out", "{out}"], "the step cache runs in block scope"),
+    ("front.py", ["--methods", "coredit/x", "--out", "{out}"], "after '/' give the steps"),
+    ("front.py", ["--max-stale", "0", "--out", "{out}"], "--max-stale 0"),
+    ("front.py", ["--fewer-steps", "0", "--out", "{out}"], "--fewer-steps [0]"),
+    ("flops.py", ["--step-cache"], "--scope block"),
 ]
 
 
