@@ -410,9 +410,12 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
     except ImportError:
         return None
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    panels = [("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
-              ("flops_ratio", "counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = [("cost_flops", "whole sampling run: counted FLOPs / dense run (XL 848x1600, every step)"),
+              ("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
+              ("flops_ratio", "one forward: counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
+    panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)] or panels[1:]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    axes = list(axes[0])
     for ax, (cost, label) in zip(axes, panels):
         for m in methods:
             pts: Dict[float, List[Tuple[float, float]]] = {}
@@ -432,6 +435,9 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
             color = plt.get_cmap("tab10")(methods.index(m) % 10)
             ax.plot(xs, mean, marker="o", label=m, color=color, lw=2.2 if m.startswith("coredit") else 1.4,
                     ls=":" if "@block" in m else "-" if m.startswith("coredit") else "--")
+            if m == FEWER_STEPS:  # each point is a step count
+                for x_, y_, k_ in zip(xs, mean, sorted({r["steps"] for r in rows if r["method"] == m}, reverse=True)):
+                    ax.annotate(f"{k_}", (x_, y_), textcoords="offset points", xytext=(4, -10), fontsize=7)
             ax.fill_between(xs, lo, hi, alpha=0.15, color=color)
         ax.set_xlabel(label)
         ax.set_ylabel("fidelity PSNR to dense (dB, higher is better)")
@@ -439,10 +445,11 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
         missing = [m for m in methods if not any(r["method"] == m and r.get(cost) is not None for r in rows)]
         if missing:
             ax.text(0.01, 0.01, f"not measured: {', '.join(missing)}", fontsize=7, transform=ax.transAxes)
-    for ax, loc in zip(axes, ("lower right", "upper left")):  # where the rising lines leave room
+    for ax, loc in zip(axes, ("lower right", "lower right", "upper left")):  # where the rising lines leave room
         if ax.lines:
             ax.legend(fontsize=8, loc=loc)
-    fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6; band: range over seeds)")
+    fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6, fewer steps labelled by step count; "
+                 "band: range over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -75,14 +75,17 @@ def main(argv=None) -> int:
     payload = run_front(s)
     rows = payload["rows"]
     ours = [m for m in s.methods if m.startswith("coredit")]
-    theirs = [m for m in s.methods if m in ("tome", "tomesd", "todo")]
+    theirs = [m for m in s.methods if m in ("tome", "tomesd", "todo")] + (["fewer_steps"] if s.fewer_steps else [])
     md = ["# The quality-vs-cost front (training-free)", "",
           "Equal-cost win counts: at each of the other method's points, is ours' fidelity PSNR (interpolated along "
           "its line at the same cost) at or above? `n of m`: m points counted: those inside ours' cost range, and "
           "those outside it where one side dominates (costlier than all of ours and not above ours' costliest "
           "point: a win; cheaper than all of ours and above ours' cheapest: a loss).", ""]
-    for cost in ("time_ratio", "flops_ratio"):
-        md += [win_table(rows, list(s.seeds), ours, theirs, cost), ""]
+    for cost in ("cost_flops", "time_ratio", "flops_ratio"):
+        # fewer steps costs less per run, not per forward: compared on the whole run's cost only
+        vs = [m for m in theirs if cost == "cost_flops" or m != "fewer_steps"]
+        if vs and any(r.get(cost) is not None for r in rows):
+            md += [win_table(rows, list(s.seeds), ours, vs, cost), ""]
     md += ["| method | ratio | seed | fidelity PSNR | SSIM | attn error % | FLOPs / dense | time / dense | steps | "
            "whole-run FLOPs / dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
