@@ -19,6 +19,7 @@ rebuilt output so that every token keeps ``out[1] == block.<name>(out[0])``.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -70,7 +71,7 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     names = controller.adapter.gated_branches
     gates = controller.adapter.block_gates(block, args, kwargs) if gated else None
     if geo.skipped == 0:
-        with captured_branches(block, names, gated) as got:
+        with (captured_branches(block, names) if gated else nullcontext({})) as got:
             out = forward(block, *args, **kwargs)
         if slot is not None:  # a dense step fills the cache with every token's residual
             first = out[0] if isinstance(out, (tuple, list)) else out
@@ -101,7 +102,7 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
-    with captured_branches(block, names, gated) as got:
+    with (captured_branches(block, names) if gated else nullcontext({})) as got:
         out = forward(block, *args, **kwargs)
     derived = None
     if isinstance(out, (tuple, list)):

@@ -170,11 +170,10 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
 
 
 @contextmanager
-def captured_branches(block, names: Sequence[str], on: bool):
-    """While the block runs: ``{name: output}`` of its submodules ``names`` (the gated branches), if ``on``."""
+def captured_branches(block, names: Sequence[str]):
+    """While the block runs: ``{name: output}`` of its submodules ``names`` (the gated branches)."""
     got: Dict[str, torch.Tensor] = {}
-    handles = [getattr(block, n).register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o))
-               for n in (names if on else ())]
+    handles = [getattr(block, n).register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o)) for n in names]
     try:
         yield got
     finally:
