@@ -113,7 +113,7 @@ def run_cross_view(controller, ordinal: int, attn: nn.Module, x: torch.Tensor, c
     else:
         first = x.index_select(0, pairs.first)
         sel = method.select(first, geo, kernels.spatial_coherence(first, geo.hw, geo.block.grid, geo.bands))
-    restore = lambda y, xq, sel_q: method.restore(y, xq, sel_q, None, geo)  # noqa: E731
+    restore = lambda y, xq, sel_q: method.restore_cross_view(y, xq, sel_q, geo)  # noqa: E731
     return pruned_cross_view_attention(attn, x, cond, pairs, sel, controller.cfg.cross_view, geo.hw, geo.block,
                                        geo.bands, cross_view_attend(controller, attn, call, pairs.kv.shape[1]),
                                        restore)

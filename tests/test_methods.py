@@ -333,7 +333,7 @@ def test_merge_cross_view_copies_each_skipped_query_from_its_nearest_retained_ce
     method = build_method("coredit_merge")
     with torch.no_grad():
         out = pruned_cross_view_attention(attn, x, cond, pairs, Selection(keep, skip, sc), "qkv", HW, LAYOUT, BANDS,
-                                          restore=lambda y, xq, s: method.restore(y, xq, s, None, geo))
+                                          restore=lambda y, xq, s: method.restore_cross_view(y, xq, s, geo))
         cells = _cells(HW, BANDS, LAYOUT.grid, LAYOUT.subgrid)
         n_copied = n_fallback = 0
         for f in range(3):

@@ -116,6 +116,12 @@ class TokenReducer:
     def restore(self, y: torch.Tensor, x: torch.Tensor, plan: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
         raise NotImplementedError
 
+    def restore_cross_view(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> torch.Tensor:
+        """The outputs ``[F, N, C]`` of a cross-view call that reused this method's self-attention selection ``sel``
+        (``supports_cross_view``): ``y`` holds the retained queries' outputs; the method reduced nothing for this call.
+        The default is the method's own ``restore`` with no reduction (rules that do not read one)."""
+        return self.restore(y, x, sel, None, geo)
+
     # ------------------------------------------------------------------ cost (FLOPs per frame and block)
     def removed_tokens(self, hw: Tuple[int, int], skipped: int) -> int:
         """Tokens (keys for a ``kv_only`` method) removed from a frame of ``hw`` for a CoReDiT budget of

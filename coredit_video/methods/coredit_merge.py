@@ -13,7 +13,6 @@ skipped keys are dropped and, in ``qkv`` mode, its skipped queries copy their ta
 merged there)."""
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -54,8 +53,12 @@ class CoReDiTMerge(CoReDiT):
         x_keep = gather_tokens(sums, sel.keep) / size_keep.unsqueeze(-1).to(x.dtype)
         return Reduced(x_keep, log_size=size_keep.log(), state=(target, has))
 
-    def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
+    def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Reduced,
                 geo: CallGeometry) -> torch.Tensor:
-        # a cross-view call (red None) reuses the self-attention's selection; nothing was merged there: copy
-        target, has = nearest_retained(x, sel, geo) if red is None else red.state
+        target, has = red.state
         return copy_restore(super().restore(y, x, sel, red, geo), sel, target, has)
+
+    def restore_cross_view(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> torch.Tensor:
+        """Nothing was merged in the cross-view call: each skipped query copies its nearest retained cell-mate."""
+        target, has = nearest_retained(x, sel, geo)
+        return copy_restore(CoReDiT.restore(self, y, x, sel, None, geo), sel, target, has)
