@@ -8,7 +8,8 @@ seed = 0
 data = dict(num_samples=1000)  # the world (seed) the shipped host was pre-trained on
 parallel = dict(sp_size=2)
 prune = dict(
-    # the paper's rule (eq. 3), kept for reproduction; the front recommends method="coredit_merge" (docs/quality.md)
+    # the paper's rule (eq. 3), kept for reproduction; coredit_merge (runs under SP) or tome (ToMe with proportional
+    # attention, no SP) keep more fidelity, and fewer sampling steps more still on this host (docs/quality.md)
     method="coredit",
     ratios=0.0,
     max_ratio=0.5,
