@@ -33,6 +33,15 @@ def shipped_paths(name: str = DEFAULT_NAME, directory: Optional[str] = None):
     return os.path.join(d, f"{name}.pt"), os.path.join(d, f"{name}.json")
 
 
+def shipped_names(directory: Optional[str] = None) -> tuple:
+    """Names of the shipped hosts (``<name>.pt`` with a ``<name>.json`` manifest), sorted."""
+    d = directory or WEIGHTS_DIR
+    if not os.path.isdir(d):
+        return ()
+    return tuple(sorted(f[:-3] for f in os.listdir(d)
+                        if f.endswith(".pt") and os.path.isfile(os.path.join(d, f[:-3] + ".json"))))
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -121,7 +130,7 @@ def _seq(v):
 def load_host_weights(model: nn.Module, source: str) -> str:
     """``train.init_from``: ``"embedded"`` (the shipped host), a shipped ``.pt`` file, or a training
     checkpoint directory (its EMA weights). Returns a short description for the log."""
-    if source in ("embedded", DEFAULT_NAME) or source.endswith(".pt"):
+    if source == "embedded" or source in shipped_names() or source.endswith(".pt"):
         manifest = load_shipped_host(model, DEFAULT_NAME if source == "embedded" else source)
         grown = f"; new zero-initialised: {', '.join(manifest['grown'])}" if manifest.get("grown") else ""
         return f"shipped host {manifest.get('file')} (step {manifest.get('step', '?')}, sha256 ok{grown})"
@@ -129,5 +138,5 @@ def load_host_weights(model: nn.Module, source: str) -> str:
         from ...generation import load_weights
 
         return f"{load_weights(model, source)} weights of {source}"
-    raise ShippedWeightsError(f"train.init_from={source!r} is neither 'embedded', a .pt file nor a checkpoint "
-                              "directory")
+    raise ShippedWeightsError(f"train.init_from={source!r} is neither 'embedded', a shipped host "
+                              f"{shipped_names()}, a .pt file nor a checkpoint directory")

@@ -5,10 +5,11 @@ road paint there; rays above the horizon get a sky gradient. Boxes are sorted fa
 camera and their camera-facing faces filled as convex polygons (clipped at a near plane), each face
 the class colour times a fixed Lambertian shading factor in [0.55, 1] (chromaticity is kept).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .appearance import Appearance
 from .cameras import pixel_rays
 from .classes import (CLASS_COLORS, CLASS_NAMES, CROSSING_COLOR, DIVIDER_COLOR, GRASS_COLOR, ROAD_COLOR,
                       SIDEWALK_COLOR, SKY_HORIZON_COLOR, SKY_TOP_COLOR)
@@ -81,25 +82,34 @@ class Renderer:
         self.ground = dz < -1e-9
         cam_z = self.E[:, 2, 3][:, None, None]
         dist = np.where(self.ground, -cam_z / np.where(self.ground, dz, -1.0), 0.0)
+        self.distance = np.where(self.ground, dist, np.inf)  # [NC, H, W] metres to the ground (inf: sky)
         self.ground_xy = self.E[:, None, None, :2, 3] + dist[..., None] * self.rays[..., :2]  # ego (x, y)
         elev = np.clip(np.arcsin(np.clip(dz, 0, 1)) / 0.35, 0, 1)[..., None]
         sky = (1 - elev) * np.array(SKY_HORIZON_COLOR, np.float32) + elev * np.array(SKY_TOP_COLOR, np.float32)
         self.sky = sky.astype(np.float32)  # [NC, H, W, 3]
 
-    def background(self, scene: Scene, t: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Ground + sky colours ``[NC, H, W, 3]`` float32 (0..255) and ground labels ``[NC, H, W]`` (-1: sky)."""
+    def background(self, scene: Scene, t: int, look: Optional[Appearance] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Ground + sky colours ``[NC, H, W, 3]`` (0..255; float32 plain, float64 with ``look``) and ground labels
+        ``[NC, H, W]`` (-1: sky)."""
         e2g = scene.ego2global(t)
         xy = self.ground_xy[self.ground]
         gxy = xy @ e2g[:2, :2].T + e2g[:2, 3]
         s, l = scene.road.to_road(gxy)
         lab = np.full(self.ground.shape, -1, dtype=np.int8)
         lab[self.ground] = scene.road.ground_labels(s, l)
-        img = self.sky.copy()
-        img[self.ground] = _GROUND_COLORS[lab[self.ground]]
+        if look is None:
+            img = self.sky.copy()
+            img[self.ground] = _GROUND_COLORS[lab[self.ground]]
+            return img, lab
+        img = np.zeros(self.sky.shape, np.float64)
+        img[self.ground] = look.ground(lab[self.ground], gxy)
+        img[~self.ground] = look.sky(self.rays[~self.ground] @ e2g[:3, :3].T)
         return img, lab
 
-    def render(self, scene: Scene, frames: Sequence[int] = None) -> Dict[str, np.ndarray]:
-        """Render frames (default: all) of ``scene`` from every camera.
+    def render(self, scene: Scene, frames: Sequence[int] = None, look: Optional[Appearance] = None
+               ) -> Dict[str, np.ndarray]:
+        """Render frames (default: all) of ``scene`` from every camera, in flat colours or with the appearance
+        ``look`` (``appearance.py``: textures, lighting, weather, paint, sensor).
 
         Returns ``image`` uint8 ``[NC, T, H, W, 3]``, ``ids`` int16 ``[NC, T, H, W]`` (visible box index,
         -1 for ground/sky), ``ground`` int8 ``[NC, T, H, W]`` (ground label under each pixel, -1 for sky,
@@ -114,7 +124,7 @@ class Renderer:
         visible = np.zeros((len(frames), m), dtype=np.int64)
         silhouette = np.zeros((len(frames), m), dtype=np.int64)
         for j, t in enumerate(frames):
-            bg, lab = self.background(scene, t)
+            bg, lab = self.background(scene, t, look)
             ground[:, j] = lab
             boxes = scene.boxes_ego(t)
             corners = box_corners(boxes[:, :3], boxes[:, 3:6], boxes[:, 6])  # [M, 8, 3]
@@ -123,11 +133,12 @@ class Renderer:
             face_c = corners[:, BOX_FACES].mean(axis=2)  # [M, 6, 3]
             normals = face_c - centers[:, None]
             normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-            sun_ego = scene.ego2global(t)[:3, :3].T @ SUN
+            sun_ego = scene.ego2global(t)[:3, :3].T @ (SUN if look is None else look.sun)
             shade = MIN_SHADE + (1 - MIN_SHADE) * np.clip(normals @ sun_ego, 0, 1)  # [M, 6]
             labels = [tr.label for tr in scene.tracks]
             for c in range(nc):
                 img, idb = bg[c], ids[c, j]
+                dist = self.distance[c].copy()
                 r, tc = self.E[c, :3, :3], self.E[c, :3, 3]
                 cam_corners = (corners - tc) @ r  # [M, 8, 3] camera frame
                 cam_faces = (face_c - tc) @ r
@@ -136,7 +147,8 @@ class Renderer:
                 for k in order:
                     if np.all(cam_corners[k, :, 2] < NEAR):
                         continue
-                    base = CLASS_COLOR_ARRAY[labels[k]]
+                    base = CLASS_COLOR_ARRAY[labels[k]] * (1.0 if look is None else look.box_gain[k % 64])
+                    box_dist = float(np.linalg.norm(centers[k] - tc))
                     for f in range(6):
                         if np.dot(cam_normals[k, f], cam_faces[k, f]) >= 0:  # back face
                             continue
@@ -152,7 +164,10 @@ class Renderer:
                         win = (slice(v0, v0 + mask.shape[0]), slice(u0, u0 + mask.shape[1]))
                         img[win][mask] = base * shade[k, f]
                         idb[win][mask] = k
+                        dist[win][mask] = box_dist
                         silhouette[j, k] += int(mask.sum())
+                if look is not None:
+                    img = look.finish(img, dist, np.random.default_rng([look.seed, t, c]))
                 image[c, j] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                 if m:
                     visible[j] += np.bincount(idb[idb >= 0].astype(np.int64), minlength=m)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .appearance import Appearance, check_appearance, draw_appearance
 from .bev import BevGrid, rasterize_map
 from .cameras import CAMERA_NAMES, rig
 from .condition import camera_features, encode_condition, view_layout
@@ -35,6 +36,9 @@ class SyntheticDrivingDataset(Dataset):
         cond_tokens: condition tokens ``L`` (default ``max_boxes + 1``: one scene token + one per box).
         cond_dim: width of a condition token (>= 22).
         map_hw: BEV raster size ``(Hm, Wm)`` over ``map_extent = (x_range, y_range)`` metres (see ``bev.py``).
+        appearance: ``"plain"`` (flat class and ground colours: scenes fully set by their conditions) or
+            ``"varied"`` (``appearance.py``: per-scene textures, lighting, weather, paint, skyline and sensor noise
+            that the conditions do not give; geometry, boxes and road as in the plain world).
 
     Each item (tensors are CPU, no batch dimension):
         ``video`` float32 ``[NC, 3, T, H, W]`` in [-1, 1]; ``cams`` float32 ``[NC, 12]`` (``camera_features``);
@@ -55,7 +59,7 @@ class SyntheticDrivingDataset(Dataset):
                  seed: int = 0, max_boxes: int = 8, cond_tokens: Optional[int] = None, cond_dim: int = 32,
                  map_hw: Tuple[int, int] = (64, 64), map_extent: Tuple[float, float] = (60.0, 30.0),
                  min_boxes: int = 3, frame_dt: float = 0.5, class_probs: Optional[Dict[str, float]] = None,
-                 size_jitter: float = 0.05, camera_names: Optional[Sequence[str]] = None):
+                 size_jitter: float = 0.05, camera_names: Optional[Sequence[str]] = None, appearance: str = "plain"):
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if camera_names is None:
@@ -76,6 +80,7 @@ class SyntheticDrivingDataset(Dataset):
         self.frame_dt = float(frame_dt)
         self.class_probs = class_probs
         self.size_jitter = float(size_jitter)
+        self.appearance = check_appearance(appearance)
         self.camera_names, self.intrinsics, self.cam2ego = rig(self.image_hw, camera_names)
         self._renderer: Optional[Renderer] = None
 
@@ -93,9 +98,13 @@ class SyntheticDrivingDataset(Dataset):
         return generate_scene(self.seed, index, self.frames, self.frame_dt, self.min_boxes, self.max_boxes,
                               self.class_probs, self.size_jitter)
 
+    def look(self, index: int) -> Optional[Appearance]:
+        """The appearance of sample ``index`` (``None`` in the plain world)."""
+        return draw_appearance(self.seed, index) if self.appearance == "varied" else None
+
     def render(self, index: int) -> Dict[str, np.ndarray]:
         """``Renderer.render`` output of sample ``index`` (images, box-id buffers, ground labels, pixel counts)."""
-        return self.renderer.render(self.scene(index))
+        return self.renderer.render(self.scene(index), look=self.look(index))
 
     def bev_map(self, index: int, frame: int = 0) -> np.ndarray:
         """``[3, Hm, Wm]`` bool road-layout raster around the ego of ``frame``."""
@@ -110,7 +119,7 @@ class SyntheticDrivingDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         index = self._check_index(int(index))
         scene = self.scene(index)
-        r = self.renderer.render(scene)
+        r = self.renderer.render(scene, look=self.look(index))
         T, M = self.frames, self.max_boxes
         n = len(scene.tracks)
         boxes = np.zeros((T, M, 9), dtype=np.float32)
