@@ -136,10 +136,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .ops.selection import band_budgets, check_ratio
-from .plan import Plan, grids_json, parse_grids, read_plan
+from .plan import GridSpec, Plan, grids_json, parse_grids, read_plan
 
 __all__ = [
     "KINDS",
@@ -155,8 +155,6 @@ __all__ = [
     "tokens_for_resolution",
     "skip_budgets",
     "self_attention_flops",
-    "pruned_self_attention_flops",
-    "pruning_overhead_flops",
     "cross_view_attention_flops",
     "pruned_cross_view_attention_flops",
     "CROSS_VIEW_PRUNING",
@@ -189,8 +187,8 @@ __all__ = [
     "method_skipped",
     "kv_only_attention_flops",
     "method_attention_flops",
-    "restoration_terms",
     "method_overhead_terms",
+    "FlopsQuery",
     "count_flops",
     "flops_saved_fraction",
     "with_overrides",
@@ -368,8 +366,7 @@ def latent_frames_for(spec: Union[str, ModelSpec], frames: int) -> int:
     """Token frames ``T`` for ``frames`` video frames: CogVideoX ``1 + (F - 1) // 4``, then the
     temporal patch (rounded up)."""
     spec = get_spec(spec)
-    if not _is_int(frames) or frames < 1:
-        raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+    _check_positive_int("frames", frames)
     lat = 1 + (frames - 1) // spec.vae_down[0]
     return _ceil_div(lat, spec.patch[0])
 
@@ -401,8 +398,7 @@ def skip_budgets(
     ``coredit_video.ops.selection.band_budgets``, which it calls). ``stride=None`` models no forced tokens."""
     H, W = _check_frame(hw, bands)
     check_ratio(ratio, name="ratio")
-    if stride is not None and (not _is_int(stride) or stride < 1):
-        raise ValueError(f"stride (m) must be an int >= 1 or None, got {stride!r}")
+    _check_stride(stride)
     if stride is not None:
         return band_budgets((H, W), float(ratio), int(stride), block_index, bands)
     band_tokens = H // bands * W
@@ -413,18 +409,6 @@ def skip_budgets(
 def self_attention_flops(n: int, C: int) -> int:
     """Dense self-attention over ``n`` tokens of width ``C``: ``8nC^2 + 4n^2C`` FLOPs."""
     return 8 * n * C * C + 4 * n * n * C
-
-
-def pruning_overhead_flops(n: int, C: int) -> int:
-    """Selection + reconstruction work of one pruned frame of ``n`` tokens: ``(6 + 4) n C``."""
-    return (SELECTION_FLOPS_PER_TOKEN_CHANNEL + RECONSTRUCTION_FLOPS_PER_TOKEN_CHANNEL) * n * C
-
-
-def pruned_self_attention_flops(n: int, kept: int, C: int) -> int:
-    """Self-attention on ``kept`` of ``n`` tokens plus the pruning overhead; dense if none skipped."""
-    if kept >= n:
-        return self_attention_flops(n, C)
-    return self_attention_flops(kept, C) + pruning_overhead_flops(n, C)
 
 
 # ------------------------------------------------------- per-method overhead terms (per frame)
@@ -584,13 +568,6 @@ def method_attention_flops(method: str, n: int, kept: int, C: int) -> int:
     return kv_only_attention_flops(n, kept, C) if kv_only else self_attention_flops(kept, C)
 
 
-def restoration_terms(method: str, n: int, skipped: int, C: int, candidates: int, heads: int,
-                      bias: bool = True) -> Dict[str, int]:
-    """The method's rule for the ``skipped`` tokens of a frame (attention outputs in the attention scope, block
-    residuals in the block scope), by named term, FLOPs (its ``restoration_cost``)."""
-    return _method(method).restoration_cost(n, skipped, C, candidates, heads, bias)
-
-
 def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int,
                           subgrid: Tuple[int, int] = (4, 4), heads: int = 16,
                           scope: str = "attention") -> Dict[str, int]:
@@ -601,10 +578,6 @@ def method_overhead_terms(method: str, hw: Tuple[int, int], skipped: int, C: int
     m = _method(method)
     _check_scope(scope, method)
     return m.overhead_cost(hw, skipped, C, subgrid[0] * subgrid[1], heads, scope)
-
-
-def _check_method(method: Any) -> None:
-    _method(method)
 
 
 def _check_scope(scope: Any, method: str) -> None:
@@ -677,10 +650,19 @@ def temporal_self_attention_flops(n: int, T: int, C: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- validation
+def _check_positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_stride(stride: Any) -> None:
+    if stride is not None and (not _is_int(stride) or stride < 1):
+        raise ValueError(f"stride (m) must be an int >= 1 or None, got {stride!r}")
+
+
 def _check_frame(hw: Any, bands: Any) -> Tuple[int, int]:
     H, W = parse_hw(hw, "hw_tokens")
-    if not _is_int(bands) or bands < 1:
-        raise ValueError(f"bands must be an int >= 1, got {bands!r}")
+    _check_positive_int("bands", bands)
     if H % bands:
         raise ValueError(
             f"bands={bands} does not divide the token height H={H}; pass pad_h_to_bands=True "
@@ -710,7 +692,328 @@ def _ratio_list(ratios: Any, count: int) -> List[float]:
     return [check_ratio(r, name=f"ratios[{i}]") for i, r in enumerate(ratios)]
 
 
+def _token_grid(spec: ModelSpec, resolution: Any, hw_tokens: Any, bands: int,
+                pad_h_to_bands: bool) -> Tuple[Tuple[int, int], Optional[Tuple[int, int]]]:
+    """Per-view token grid ``(H, W)`` of a latent frame (padded to ``bands`` if asked), and the pixel resolution
+    it came from (None when given in tokens)."""
+    if hw_tokens is not None:
+        H, W = parse_hw(hw_tokens, "hw_tokens")
+        if pad_h_to_bands:
+            H = _ceil_div(H, bands) * bands
+        res_px = None
+    else:
+        if resolution is None:
+            raise ValueError("resolution: give a pixel resolution or hw_tokens")
+        res_px = parse_hw(resolution, "resolution")
+        H, W = tokens_for_resolution(spec, res_px, bands, pad_h_to_bands)
+    return _check_frame((H, W), bands), res_px
+
+
+def _token_frames(spec: ModelSpec, frames: Any, latent_frames: Any) -> Tuple[int, Optional[int]]:
+    """Token frames ``T``, and the video frames they came from (None when ``latent_frames`` is given)."""
+    if latent_frames is not None:
+        _check_positive_int("latent_frames", latent_frames)
+        return latent_frames, None
+    return latent_frames_for(spec, frames), frames
+
+
+def _check_pruning(cross_view: Any, cross_view_select: Any, method: Any, scope: Any) -> None:
+    """Refuse a cross-view mode, method or scope the count (and ``apply``) does not know or cannot combine."""
+    if cross_view not in CROSS_VIEW_PRUNING:
+        raise ValueError(f"cross_view must be one of {CROSS_VIEW_PRUNING}, got {cross_view!r}")
+    if cross_view_select not in ("self", "fresh"):
+        raise ValueError(f"cross_view_select must be 'self' or 'fresh', got {cross_view_select!r}")
+    _method(method)  # an unknown method raises, listing the table
+    _check_scope(scope, method)
+    if scope == "attention" and cross_view != "off" and not _method(method).supports_cross_view:
+        raise ValueError(f"cross_view={cross_view!r} is not supported with method={method!r} (it keeps no "
+                         "retained set to prune cross-view with); use cross_view='off' (--cross-view off)")
+    if scope == "block" and cross_view_select != "self":
+        raise ValueError("cross_view_select='fresh' has no meaning with scope='block' (one selection per block, "
+                         "from its input); use cross_view_select='self' (--cross-view-select self)")
+
+
 # ---------------------------------------------------------------------------------------- count
+@dataclass(frozen=True)
+class FlopsQuery:
+    """The settings of one :func:`count_flops` call, validated and normalised (see its arguments).
+
+    ``hw`` is the per-view token grid of a latent frame (tokens, padded), ``resolution`` the pixels it came from
+    (None when given in tokens), ``frames`` the video frames (None when ``latent_frames`` was given) and
+    ``latent_frames`` the token frames ``T``; ``ratios`` has one entry per prunable block, ``grids`` is parsed.
+    """
+
+    spec: ModelSpec
+    hw: Tuple[int, int]
+    resolution: Optional[Tuple[int, int]]
+    frames: Optional[int]
+    latent_frames: int
+    views: int
+    bands: int
+    pad_h_to_bands: bool
+    stride: Optional[int]
+    ratios: Tuple[float, ...]
+    cross_view: str
+    cross_view_select: str
+    method: str
+    scope: str
+    grids: Tuple[GridSpec, ...]
+
+    @classmethod
+    def from_args(cls, spec: Union[str, ModelSpec], resolution: Any, frames: Any, views: Any, ratios: Any,
+                  bands: Any, *, hw_tokens: Any, latent_frames: Any, pad_h_to_bands: bool, stride: Any,
+                  cross_view: Any, cross_view_select: Any, method: Any, scope: Any, grids: Any) -> FlopsQuery:
+        """Validate :func:`count_flops`' arguments, in this order (the first bad one raises)."""
+        spec = get_spec(spec)
+        views = spec.views if views is None else views
+        _check_positive_int("views", views)
+        _check_positive_int("bands", bands)
+        hw, res_px = _token_grid(spec, resolution, hw_tokens, bands, pad_h_to_bands)
+        T, frames_in = _token_frames(spec, frames, latent_frames)
+        plan = _ratio_list(ratios, spec.prunable_blocks)
+        _check_pruning(cross_view, cross_view_select, method, scope)
+        parsed = parse_grids(DEFAULT_GRIDS if grids is None else grids)
+        _check_stride(stride)
+        return cls(spec, hw, res_px, frames_in, T, views, bands, bool(pad_h_to_bands), stride, tuple(plan),
+                   cross_view, cross_view_select, method, scope, tuple(parsed))
+
+    @property
+    def tokens(self) -> int:
+        """Tokens ``n = H * W`` of one view's latent frame."""
+        return self.hw[0] * self.hw[1]
+
+    @property
+    def frame_views(self) -> int:
+        """Frame-view items ``T * V``: every per-frame-per-view term is multiplied by this."""
+        return self.latent_frames * self.views
+
+    @property
+    def neighbours(self) -> int:
+        """Views each view's cross-view attention reads (at most the other views)."""
+        return min(self.spec.cross_view_neighbours, self.views - 1)
+
+    def has_cross_view(self, ordinal: int) -> bool:
+        """Whether prunable block ``ordinal`` has a (non-empty) cross-view attention."""
+        return (ordinal < self.spec.depth or self.spec.control_cross_view) and self.neighbours > 0
+
+    def subgrid(self, ordinal: int) -> Tuple[int, int]:
+        """Sub-grid ``(sh, sw)`` of prunable block ``ordinal`` (``grids[ordinal % len]``)."""
+        return self.grids[ordinal % len(self.grids)][1]
+
+
+class _FrameCosts(NamedTuple):
+    """Dense FLOPs of each module of one block on one frame of one view."""
+
+    self_attention: int
+    cross_view: int
+    cross_attention: int
+    mlp: int
+    temporal_self_attention: int
+
+
+def _frame_costs(q: FlopsQuery) -> _FrameCosts:
+    spec, n, C = q.spec, q.tokens, q.spec.hidden
+    return _FrameCosts(
+        self_attention=self_attention_flops(n, C),
+        cross_view=cross_view_attention_flops(n, C, q.neighbours, spec.cross_view_mode),
+        cross_attention=cross_attention_flops(n, spec.cond_tokens, C),
+        mlp=mlp_flops(n, C, spec.mlp_ratio),
+        temporal_self_attention=temporal_self_attention_flops(n, q.latent_frames, C),
+    )
+
+
+def _other_flops(q: FlopsQuery) -> int:
+    """FLOPs of the modules outside the blocks (embedders, control projections, final layer), whole forward."""
+    spec, n, C, fv = q.spec, q.tokens, q.spec.hidden, q.frame_views
+    pt = spec.patch[0] * spec.patch[1] * spec.patch[2]
+    proj = 2 * n * C * C  # one C x C linear over a frame's tokens
+    other = 2 * n * (spec.in_channels + spec.layout_channels) * pt * C * fv  # x_embedder (+ view-layout embedder)
+    other += 2 * n * C * pt * spec.out_channels * fv  # final layer
+    if spec.control_depth:
+        if spec.x_control_embedder:
+            other += 2 * n * spec.in_channels * pt * C * fv  # x_control_embedder
+        other += 2 * n * C * pt * C * q.latent_frames  # map-control patchifier (once per frame, shared by views)
+        other += proj * fv  # before_proj
+        n_after = spec.control_depth * (2 if spec.control_temporal else 1)
+        other += n_after * proj * fv  # after_proj of every control block
+    other += 2 * spec.cond_tokens * (spec.caption_channels * C + C * C)  # caption embedder (once per sample)
+    other += 2 * C * 6 * C  # t_block
+    return other
+
+
+def _dense_kinds(q: FlopsQuery, costs: _FrameCosts) -> Dict[str, int]:
+    """Dense FLOPs of the whole forward by kind (:data:`KINDS` order)."""
+    spec, fv = q.spec, q.frame_views
+    n_temporal = (spec.depth if spec.temporal else 0) + (spec.control_depth if spec.control_temporal else 0)
+    n_cross_view = spec.depth + (spec.control_depth if spec.control_cross_view else 0)
+    dense = dict.fromkeys(KINDS, 0)
+    dense["spatial_self_attention"] = spec.prunable_blocks * costs.self_attention * fv
+    dense["cross_view_attention"] = n_cross_view * costs.cross_view * fv
+    dense["cross_attention"] = spec.prunable_blocks * costs.cross_attention * fv
+    dense["mlp"] = spec.prunable_blocks * costs.mlp * fv
+    dense["temporal_self_attention"] = n_temporal * costs.temporal_self_attention * fv
+    dense["temporal_cross_attention"] = n_temporal * costs.cross_attention * fv
+    dense["temporal_mlp"] = n_temporal * costs.mlp * fv
+    dense["other"] = _other_flops(q)
+    return dense
+
+
+@dataclass(frozen=True)
+class _BlockCount:
+    """One prunable block under the query's method, per frame of one view: token counts, FLOPs of each module
+    (pruned; ``cross_view_dense`` dense) and the method's own work by named term (FLOPs)."""
+
+    ratio: float
+    budget: int
+    skipped: int
+    kept: int
+    terms: Dict[str, int]
+    self_attention: int
+    cross_view_dense: int
+    cross_view: int
+    cross_attention: int
+    mlp: int
+
+
+_CROSS_VIEW_TERM = "cross_view_"
+"""Prefix of the overhead terms booked to the cross-view attention (the rest go to the self-attention)."""
+
+
+def _cross_view_terms(q: FlopsQuery, ordinal: int, skipped: int) -> Dict[str, int]:
+    """Attention scope: the work cross-view pruning adds to block ``ordinal`` per frame and view (FLOPs)."""
+    if not (q.has_cross_view(ordinal) and skipped and q.cross_view != "off"):
+        return {}
+    n, C = q.tokens, q.spec.hidden
+    calls = q.neighbours if q.spec.cross_view_mode == "pairwise" else 1
+    terms = {}
+    if q.cross_view_select == "fresh":
+        terms[_CROSS_VIEW_TERM + "scoring"] = scoring_flops(n, C)
+    if q.cross_view == "qkv":
+        terms[_CROSS_VIEW_TERM + "reconstruction"] = calls * reconstruction_flops(n, C)
+    return terms
+
+
+def _count_block(q: FlopsQuery, costs: _FrameCosts, ordinal: int, ratio: float) -> _BlockCount:
+    """Prunable block ``ordinal`` at ``ratio`` under the query's method and scope (FLOPs per frame and view)."""
+    spec, n, C = q.spec, q.tokens, q.spec.hidden
+    budget = sum(skip_budgets(q.hw, ratio, q.bands, q.stride, ordinal))
+    skipped = method_skipped(q.method, q.hw, budget)
+    kept = n - skipped
+    cv_dense = costs.cross_view if q.has_cross_view(ordinal) else 0
+    terms = method_overhead_terms(q.method, q.hw, skipped, C, q.subgrid(ordinal), spec.num_heads, q.scope)
+    attention = method_attention_flops(q.method, n, kept, C)
+    if q.scope == "block" and skipped:  # the whole block runs on the kept tokens
+        cv = cross_view_attention_flops(kept, C, q.neighbours, spec.cross_view_mode) if cv_dense else 0
+        ca, mlp = cross_attention_flops(kept, spec.cond_tokens, C), mlp_flops(kept, C, spec.mlp_ratio)
+    else:
+        cv = pruned_cross_view_attention_flops(n, kept, C, q.neighbours, spec.cross_view_mode, q.cross_view,
+                                               q.cross_view_select == "fresh") if cv_dense else 0
+        ca, mlp = costs.cross_attention, costs.mlp
+        terms.update(_cross_view_terms(q, ordinal, skipped))
+    self_attention = attention + sum(v for k, v in terms.items() if not k.startswith(_CROSS_VIEW_TERM))
+    return _BlockCount(ratio, budget, skipped, kept, terms, self_attention, cv_dense, cv, ca, mlp)
+
+
+def _pruned_kinds(q: FlopsQuery, dense: Dict[str, int], costs: _FrameCosts,
+                  blocks: Sequence[_BlockCount]) -> Dict[str, int]:
+    """Pruned FLOPs of the whole forward by kind: ``dense`` with the prunable blocks' modules replaced."""
+    fv = q.frame_views
+    pruned = dict(dense)
+    pruned["spatial_self_attention"] = sum(b.self_attention * fv for b in blocks)
+    pruned["cross_view_attention"] = sum(b.cross_view * fv for b in blocks)
+    pruned["cross_attention"] -= sum((costs.cross_attention - b.cross_attention) * fv for b in blocks)
+    pruned["mlp"] -= sum((costs.mlp - b.mlp) * fv for b in blocks)
+    return pruned
+
+
+def _overhead_terms(q: FlopsQuery, blocks: Sequence[_BlockCount]) -> Dict[str, int]:
+    """The method's own work over the whole forward by named term (first-seen order), FLOPs."""
+    total: Dict[str, int] = {}
+    for b in blocks:
+        for key, v in b.terms.items():
+            total[key] = total.get(key, 0) + v * q.frame_views
+    return total
+
+
+def _block_json(q: FlopsQuery, costs: _FrameCosts, ordinal: int, name: str, b: _BlockCount) -> Dict[str, Any]:
+    """The result's entry of prunable block ``ordinal``: tokens per frame, FLOPs over the whole forward."""
+    fv, sa = q.frame_views, costs.self_attention
+    return {
+        "block": ordinal,
+        "name": name,
+        "ratio": b.ratio,
+        "budget_per_frame": b.budget,
+        "skipped_per_frame": b.skipped,
+        "kept_per_frame": b.kept,
+        "dense": sa * fv,
+        "pruned": b.self_attention * fv,
+        "reduction": (sa - b.self_attention) / sa,
+        "overhead": sum(b.terms.values()) * fv,
+        "cross_view_dense": b.cross_view_dense * fv,
+        "cross_view_pruned": b.cross_view * fv,
+        "block_dense": (sa + b.cross_view_dense + costs.cross_attention + costs.mlp) * fv,
+        "block_pruned": (b.self_attention + b.cross_view + b.cross_attention + b.mlp) * fv,
+    }
+
+
+def _inputs_json(q: FlopsQuery) -> Dict[str, Any]:
+    """The result's echo of the (normalised) query."""
+    return {
+        "spec": asdict(q.spec),
+        "resolution": list(q.resolution) if q.resolution is not None else None,
+        "hw_tokens": list(q.hw),
+        "tokens_per_frame": q.tokens,
+        "frames": q.frames,
+        "latent_frames": q.latent_frames,
+        "views": q.views,
+        "bands": q.bands,
+        "pad_h_to_bands": q.pad_h_to_bands,
+        "stride": q.stride,
+        "ratios": list(q.ratios),
+        "mean_ratio": sum(q.ratios) / len(q.ratios) if q.ratios else 0.0,
+        "cross_view": q.cross_view,
+        "cross_view_select": q.cross_view_select,
+        "method": q.method,
+        "scope": q.scope,
+        "grids": grids_json(q.grids),
+    }
+
+
+def _kind_json(dense: int, pruned: int) -> Dict[str, Any]:
+    return {"dense": dense, "pruned": pruned, "saved": dense - pruned,
+            "reduction": (dense - pruned) / dense if dense else 0.0}
+
+
+def _report(q: FlopsQuery, costs: _FrameCosts, blocks: Sequence[_BlockCount]) -> Dict[str, Any]:
+    """:func:`count_flops`' result (see its Returns) from the query and its prunable blocks' counts."""
+    dense = _dense_kinds(q, costs)
+    pruned = _pruned_kinds(q, dense, costs, blocks)
+    kinds = {k: _kind_json(dense[k], pruned[k]) for k in KINDS}
+    dense_total, pruned_total = sum(dense.values()), sum(pruned.values())
+    sa_dense, sa_pruned = dense["spatial_self_attention"], pruned["spatial_self_attention"]
+    overhead = sum(sum(b.terms.values()) * q.frame_views for b in blocks)
+    return {
+        "units": "FLOPs per forward pass of one sample (all views, all latent frames); multiply-add = 2",
+        "inputs": _inputs_json(q),
+        "method": q.method,
+        "scope": q.scope,
+        "kinds": kinds,
+        "dense_total": dense_total,
+        "pruned_total": pruned_total,
+        "saved_total": dense_total - pruned_total,
+        "overhead_flops": overhead,
+        "pruning_overhead": overhead,
+        "overhead_terms": _overhead_terms(q, blocks),
+        "self_attention_dense": sa_dense,
+        "self_attention_pruned": sa_pruned,
+        "self_attention_reduction": (sa_dense - sa_pruned) / sa_dense if sa_dense else 0.0,
+        "cross_view_reduction": kinds["cross_view_attention"]["reduction"],
+        "total_reduction": (dense_total - pruned_total) / dense_total,
+        "blocks": [_block_json(q, costs, ordinal, name, b)
+                   for ordinal, (name, b) in enumerate(zip(q.spec.block_names(), blocks))],
+    }
+
+
 def count_flops(
     spec: Union[str, ModelSpec] = "magicdrive-v2-xl",
     resolution: Union[str, Sequence[int], None] = DEFAULT_RESOLUTION,
@@ -770,190 +1073,12 @@ def count_flops(
         ``(dense - pruned) / dense``, positive = saved, net of the overhead); ``blocks``, one entry per
         prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.
     """
-    spec = get_spec(spec)
-    if views is None:
-        views = spec.views
-    if not _is_int(views) or views < 1:
-        raise ValueError(f"views must be an int >= 1, got {views!r}")
-    if not _is_int(bands) or bands < 1:
-        raise ValueError(f"bands must be an int >= 1, got {bands!r}")
-    if hw_tokens is not None:
-        H, W = parse_hw(hw_tokens, "hw_tokens")
-        if pad_h_to_bands:
-            H = _ceil_div(H, bands) * bands
-        res_px = None
-    else:
-        if resolution is None:
-            raise ValueError("resolution: give a pixel resolution or hw_tokens")
-        res_px = parse_hw(resolution, "resolution")
-        H, W = tokens_for_resolution(spec, res_px, bands, pad_h_to_bands)
-    _check_frame((H, W), bands)
-    if latent_frames is not None:
-        if not _is_int(latent_frames) or latent_frames < 1:
-            raise ValueError(f"latent_frames must be an int >= 1, got {latent_frames!r}")
-        T = latent_frames
-        frames_in = None
-    else:
-        T = latent_frames_for(spec, frames)
-        frames_in = frames
-    plan = _ratio_list(ratios, spec.prunable_blocks)
-    if cross_view not in CROSS_VIEW_PRUNING:
-        raise ValueError(f"cross_view must be one of {CROSS_VIEW_PRUNING}, got {cross_view!r}")
-    if cross_view_select not in ("self", "fresh"):
-        raise ValueError(f"cross_view_select must be 'self' or 'fresh', got {cross_view_select!r}")
-    _check_method(method)
-    _check_scope(scope, method)
-    if scope == "attention" and cross_view != "off" and not _method(method).supports_cross_view:
-        raise ValueError(f"cross_view={cross_view!r} is not supported with method={method!r} (it keeps no "
-                         "retained set to prune cross-view with); use cross_view='off' (--cross-view off)")
-    if scope == "block" and cross_view_select != "self":
-        raise ValueError("cross_view_select='fresh' has no meaning with scope='block' (one selection per block, "
-                         "from its input); use cross_view_select='self' (--cross-view-select self)")
-    subgrids = [sub for _, sub in parse_grids(DEFAULT_GRIDS if grids is None else grids)]
-
-    C, L, n = spec.hidden, spec.cond_tokens, H * W
-    fv = T * views  # frame-view items: every per-frame-per-view term is multiplied by this
-    neighbours = min(spec.cross_view_neighbours, views - 1)
-
-    sa = self_attention_flops(n, C)
-    ca = cross_attention_flops(n, L, C)
-    mlp = mlp_flops(n, C, spec.mlp_ratio)
-    cv = cross_view_attention_flops(n, C, neighbours, spec.cross_view_mode)
-    tsa = temporal_self_attention_flops(n, T, C)
-    proj = 2 * n * C * C  # one C x C linear over a frame's tokens
-
-    dense = dict.fromkeys(KINDS, 0)
-    n_temporal = (spec.depth if spec.temporal else 0) + (spec.control_depth if spec.control_temporal else 0)
-    n_cross_view = spec.depth + (spec.control_depth if spec.control_cross_view else 0)
-    dense["cross_view_attention"] = n_cross_view * cv * fv
-    dense["cross_attention"] = spec.prunable_blocks * ca * fv
-    dense["mlp"] = spec.prunable_blocks * mlp * fv
-    dense["temporal_self_attention"] = n_temporal * tsa * fv
-    dense["temporal_cross_attention"] = n_temporal * ca * fv
-    dense["temporal_mlp"] = n_temporal * mlp * fv
-
-    pt = spec.patch[0] * spec.patch[1] * spec.patch[2]
-    other = 2 * n * (spec.in_channels + spec.layout_channels) * pt * C * fv  # x_embedder (+ view-layout embedder)
-    other += 2 * n * C * pt * spec.out_channels * fv  # final layer
-    if spec.control_depth:
-        if spec.x_control_embedder:
-            other += 2 * n * spec.in_channels * pt * C * fv  # x_control_embedder
-        other += 2 * n * C * pt * C * T  # map-control patchifier (once per frame, shared by views)
-        other += proj * fv  # before_proj
-        n_after = spec.control_depth * (2 if spec.control_temporal else 1)
-        other += n_after * proj * fv  # after_proj of every control block
-    other += 2 * L * (spec.caption_channels * C + C * C)  # caption embedder (once per sample)
-    other += 2 * C * 6 * C  # t_block
-    dense["other"] = other
-
-    pruned = dict(dense)
-    sa_dense = 0
-    sa_pruned = 0
-    cv_pruned = 0
-    overhead = 0
-    overhead_terms: Dict[str, int] = {}
-    names = spec.block_names()
-    blocks = []
-    for ordinal, r in enumerate(plan):
-        budget = sum(skip_budgets((H, W), r, bands, stride, ordinal))
-        k_skip = method_skipped(method, (H, W), budget)
-        kept = n - k_skip
-        has_cv = (ordinal < spec.depth or spec.control_cross_view) and neighbours > 0
-        cv_dense = cv if has_cv else 0
-        terms = method_overhead_terms(method, (H, W), k_skip, C, subgrids[ordinal % len(subgrids)],
-                                      spec.num_heads, scope)
-        p_attn = method_attention_flops(method, n, kept, C)
-        if scope == "block" and k_skip:
-            pcv = cross_view_attention_flops(kept, C, neighbours, spec.cross_view_mode) if cv_dense else 0
-            pca = cross_attention_flops(kept, L, C)
-            pmlp = mlp_flops(kept, C, spec.mlp_ratio)
-        else:
-            pcv = pruned_cross_view_attention_flops(n, kept, C, neighbours, spec.cross_view_mode, cross_view,
-                                                    cross_view_select == "fresh") if cv_dense else 0
-            pca, pmlp = ca, mlp
-            if has_cv and k_skip and cross_view != "off":
-                calls = neighbours if spec.cross_view_mode == "pairwise" else 1
-                if cross_view_select == "fresh":
-                    terms["cross_view_scoring"] = scoring_flops(n, C)
-                if cross_view == "qkv":
-                    terms["cross_view_reconstruction"] = calls * reconstruction_flops(n, C)
-        p_sa = p_attn + sum(v for k, v in terms.items() if not k.startswith("cross_view_"))
-        block_overhead = sum(terms.values()) * fv
-        overhead += block_overhead
-        for key, v in terms.items():
-            overhead_terms[key] = overhead_terms.get(key, 0) + v * fv
-        sa_dense += sa * fv
-        sa_pruned += p_sa * fv
-        cv_pruned += pcv * fv
-        pruned["cross_attention"] -= (ca - pca) * fv
-        pruned["mlp"] -= (mlp - pmlp) * fv
-        blocks.append({
-            "block": ordinal,
-            "name": names[ordinal],
-            "ratio": r,
-            "budget_per_frame": budget,
-            "skipped_per_frame": k_skip,
-            "kept_per_frame": kept,
-            "dense": sa * fv,
-            "pruned": p_sa * fv,
-            "reduction": (sa - p_sa) / sa,
-            "overhead": block_overhead,
-            "cross_view_dense": cv_dense * fv,
-            "cross_view_pruned": pcv * fv,
-            "block_dense": (sa + cv_dense + ca + mlp) * fv,
-            "block_pruned": (p_sa + pcv + pca + pmlp) * fv,
-        })
-    dense["spatial_self_attention"] = sa_dense
-    pruned["spatial_self_attention"] = sa_pruned
-    pruned["cross_view_attention"] = cv_pruned
-
-    kinds = {}
-    for k in KINDS:
-        kinds[k] = {
-            "dense": dense[k],
-            "pruned": pruned[k],
-            "saved": dense[k] - pruned[k],
-            "reduction": (dense[k] - pruned[k]) / dense[k] if dense[k] else 0.0,
-        }
-    dense_total = sum(dense.values())
-    pruned_total = sum(pruned.values())
-    return {
-        "units": "FLOPs per forward pass of one sample (all views, all latent frames); multiply-add = 2",
-        "inputs": {
-            "spec": asdict(spec),
-            "resolution": list(res_px) if res_px is not None else None,
-            "hw_tokens": [H, W],
-            "tokens_per_frame": n,
-            "frames": frames_in,
-            "latent_frames": T,
-            "views": views,
-            "bands": bands,
-            "pad_h_to_bands": bool(pad_h_to_bands),
-            "stride": stride,
-            "ratios": plan,
-            "mean_ratio": sum(plan) / len(plan) if plan else 0.0,
-            "cross_view": cross_view,
-            "cross_view_select": cross_view_select,
-            "method": method,
-            "scope": scope,
-            "grids": grids_json(parse_grids(DEFAULT_GRIDS if grids is None else grids)),
-        },
-        "method": method,
-        "scope": scope,
-        "kinds": kinds,
-        "dense_total": dense_total,
-        "pruned_total": pruned_total,
-        "saved_total": dense_total - pruned_total,
-        "overhead_flops": overhead,
-        "pruning_overhead": overhead,
-        "overhead_terms": overhead_terms,
-        "self_attention_dense": sa_dense,
-        "self_attention_pruned": sa_pruned,
-        "self_attention_reduction": (sa_dense - sa_pruned) / sa_dense if sa_dense else 0.0,
-        "cross_view_reduction": kinds["cross_view_attention"]["reduction"],
-        "total_reduction": (dense_total - pruned_total) / dense_total,
-        "blocks": blocks,
-    }
+    q = FlopsQuery.from_args(spec, resolution, frames, views, ratios, bands, hw_tokens=hw_tokens,
+                             latent_frames=latent_frames, pad_h_to_bands=pad_h_to_bands, stride=stride,
+                             cross_view=cross_view, cross_view_select=cross_view_select, method=method,
+                             scope=scope, grids=grids)
+    costs = _frame_costs(q)
+    return _report(q, costs, [_count_block(q, costs, ordinal, r) for ordinal, r in enumerate(q.ratios)])
 
 
 def flops_saved_fraction(

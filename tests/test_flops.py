@@ -196,6 +196,21 @@ def test_bad_inputs(kwargs, word):
     assert word in str(ei.value)
 
 
+
+def test_query_normalises_the_call_once():
+    """count_flops validates its arguments once into a FlopsQuery; the result echoes it."""
+    kw = dict(hw_tokens=None, latent_frames=None, pad_h_to_bands=True, stride=3, cross_view="off",
+              cross_view_select="self", method="coredit", scope="attention", grids=None)
+    q = F.FlopsQuery.from_args(XL, "848x1600", 17, None, 0.26, 8, **kw)
+    assert (q.hw, q.resolution, q.frames, q.latent_frames, q.views) == ((56, 100), (848, 1600), 17, 5, 6)
+    assert q.ratios == (0.26,) * 41 and q.frame_views == 30 and q.tokens == 5600 and q.neighbours == 2
+    assert [q.subgrid(b) for b in range(3)] == [(4, 4), (3, 3), (4, 4)]
+    assert q.has_cross_view(27) and not q.has_cross_view(28)  # control blocks skip cross-view
+    inputs = F.count_flops(XL, "848x1600", ratios=0.26, bands=8, pad_h_to_bands=True)["inputs"]
+    assert inputs["hw_tokens"] == list(q.hw) and inputs["ratios"] == list(q.ratios)
+    with pytest.raises(ValueError, match="views"):
+        F.FlopsQuery.from_args(XL, "848x1600", 17, 0, 0.26, 8, **kw)
+
 def test_bad_spec_and_preset_message():
     with pytest.raises(ValueError) as ei:
         F.get_spec("nope")
