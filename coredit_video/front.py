@@ -11,6 +11,10 @@ Cost columns, each the method's figure over dense's (below 1 is cheaper), are th
 
 Rows are appended to ``front_rows.jsonl`` as they finish (a re-run resumes); ``front.json`` / ``front.png`` are
 written at the end.
+
+The same loop runs on another host through :class:`FrontHost` (``FrontSettings.host``, :func:`open_host`):
+``"magicdrive_v2"`` samples a MagicDrive-V2 checkpoint with its config's conditions
+(:mod:`coredit_video.integrations.magicdrive_front`); its rows carry ``host = "magicdrive_v2:<config>"``.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("coredit.front")
 
@@ -52,6 +56,11 @@ class FrontSettings:
     max_stale: Optional[int] = 2  # lines METHOD@block+cache: prune.max_stale
     dense_steps: int = 1  # lines METHOD@block+cache: prune.dense_steps
     fewer_steps: Sequence[int] = ()  # the line "fewer_steps": dense sampling at k of the reference steps, each k
+    # -- the host seam (open_host): "builtin" samples ``config``'s embedded host; "magicdrive_v2" a MagicDrive-V2
+    # config (``config``) with its checkpoint ``ckpt`` (coredit_video/integrations/magicdrive_front.py)
+    host: str = "builtin"
+    ckpt: Optional[str] = None  # magicdrive_v2: the checkpoint (as MagicDrive-V2's --ckpt-path)
+    latents: bool = False  # magicdrive_v2: fidelity on the latents even when the config has a VAE
 
     def __post_init__(self):
         from .config import SCOPES
@@ -65,9 +74,16 @@ class FrontSettings:
         if scopes:
             raise ValueError(f"unknown scope(s) {scopes} after '@'; a line is METHOD or METHOD@block "
                              f"(scopes: {list(SCOPES)})")
-        bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
-        if bad:
-            raise ValueError(f"ratios must be in (0, 1), got {bad}")
+        if self.host not in FRONT_HOSTS:
+            raise ValueError(f"unknown front host {self.host!r}; choose from {list(FRONT_HOSTS)}")
+        if self.host == "builtin":
+            bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
+            if bad:
+                raise ValueError(f"ratios must be in (0, 1), got {bad}")
+        else:  # ratio 0: the dense model through the line's own path, a check that its row is exact
+            bad = [r for r in self.ratios if not 0.0 <= float(r) < 1.0]
+            if bad:
+                raise ValueError(f"ratios must be in [0, 1), got {bad}")
         no_block = [m for m in self.methods if split_line(m)[1] == "block"
                     and not REGISTRY[split_line(m)[0]].supports_block_scope]
         if no_block:
@@ -93,6 +109,79 @@ class FrontSettings:
         bad_probe = [m for m in self.probe_methods if parse_line(m) != FrontLine(*split_line(m))]
         if bad_probe:
             raise ValueError(f"{bad_probe}: the attention-error probe measures plain METHOD or METHOD@block lines")
+
+
+FRONT_HOSTS = ("builtin", "magicdrive_v2")
+HOST_FIELDS = ("host", "ckpt", "latents")  # settings of the host seam (not in a builtin front.json's settings)
+
+
+@dataclasses.dataclass
+class FrontHost:
+    """The host seam of :func:`run_front`: what the shared loop (dense references, lines, rows, resume, render)
+    needs from a host. :func:`open_host` builds it for ``FrontSettings.host``.
+
+    ``generate(seed, scene, controller, steps)`` samples held-out scene ``scene`` from the noise of
+    ``(seed, scene)`` with whatever CoReDiT ``controller`` is applied to ``model`` (``None``: none is), at ``steps``
+    sampling steps (``None``: ``num_steps``), and returns one array per view; ``fidelity(a, b)`` is one view's
+    ``(PSNR, SSIM)`` of ``a`` to the dense ``b``, PSNR clamped at 100 dB."""
+
+    label: str  # the rows' ``host``
+    model: Any  # what CoReDiT is applied to (None when only rendering)
+    prune: Any  # the host's PruneConfig: layout, bands, late steps, cap (the lines set method, ratio, scope)
+    num_steps: int  # the reference sampling steps
+    generate: Callable[..., List[Any]]
+    fidelity: Callable[[Any, Any], Tuple[float, float]]
+
+
+def frame_fidelity(a, b) -> Tuple[float, float]:
+    """PSNR (clamped at 100 dB) and SSIM of uint8 frames ``[T, H, W, 3]`` to the dense ones, peak 255."""
+    from .evaluation.metrics_video import psnr, ssim
+
+    return float(psnr(a, b, 255.0).clamp_max(100.0).mean()), float(ssim(a, b, 255.0).mean())
+
+
+def builtin_host(s: FrontSettings) -> FrontHost:
+    """The embedded host of ``s.config`` (its held-out synthetic scenes, weights from ``train.init_from``)."""
+    import torch
+    from mmengine.config import Config
+
+    from .generation import to_uint8_frames
+    from .sampling import sample
+    from .training.config import build_train_config
+    from .training.hosts import build_host_bundle, held_out_data
+
+    tcfg = build_train_config(Config.fromfile(s.config))
+    rflow = tcfg.rflow if s.sampling_steps is None else \
+        dataclasses.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
+    bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, s.scenes, s.seed_offset), tcfg.seed)
+    if not s.render_only:
+        bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
+    model = bundle.model.eval()
+
+    def run(seed: int, i: int, ctrl=None, steps: Optional[int] = None):
+        flow = rflow if steps is None else dataclasses.replace(rflow, num_sampling_steps=steps)
+        item = bundle.dataset[i]
+        batch = bundle.collate([item])
+        x0 = bundle.latents(batch)
+        h, w, f = (v[0].item() for v in bundle.frame_info(batch))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + int(item.get("index", i)) * 101)
+        noise = torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            z = sample(model, bundle.forward, noise, batch, None, flow, h, w, int(f), controller=ctrl)
+        video = bundle.codec.decode(z)[0] if bundle.codec is not None else z[0]
+        return [to_uint8_frames(v) for v in video]  # per view [T, H, W, 3]
+
+    return FrontHost(label=s.config, model=model, prune=tcfg.prune, num_steps=rflow.num_sampling_steps,
+                     generate=run, fidelity=frame_fidelity)
+
+
+def open_host(s: FrontSettings) -> FrontHost:
+    """The :class:`FrontHost` of ``s.host``."""
+    if s.host == "magicdrive_v2":
+        from .integrations.magicdrive_front import magicdrive_front_host
+
+        return magicdrive_front_host(s)
+    return builtin_host(s)
 
 
 CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
@@ -266,30 +355,19 @@ class AttentionErrorProbe:
         return {k: 100.0 * v / max(self.energy, 1e-30) for k, v in self.err.items()}
 
 
-def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
-    """Run (or resume) the front; returns the payload written to ``front.json``."""
-    import torch
-    from mmengine.config import Config
+def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost] = None) -> Dict[str, Any]:
+    """Run (or resume) the front; returns the payload written to ``front.json``. ``host``: a prebuilt
+    :class:`FrontHost` (default: :func:`open_host` of ``s``)."""
     from tqdm import tqdm
 
-    from .evaluation.metrics_video import psnr, ssim
-    from .generation import to_uint8_frames
     from .plugin import apply as apply_pruning
     from .plugin import remove
-    from .sampling import sample
-    from .training.config import build_train_config
-    from .training.hosts import build_host_bundle, held_out_data
 
     os.makedirs(s.out, exist_ok=True)
-    tcfg = build_train_config(Config.fromfile(s.config))
-    rflow = tcfg.rflow if s.sampling_steps is None else \
-        dataclasses.replace(tcfg.rflow, num_sampling_steps=s.sampling_steps)
-    bundle = build_host_bundle(tcfg.model, held_out_data(tcfg.data, s.scenes, s.seed_offset), tcfg.seed)
-    if not s.render_only:
-        bundle.init_weights(bundle.model, tcfg.train.init_from or "embedded")
-    model = bundle.model.eval()
-    base = dataclasses.replace(tcfg.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature,
-                               max_ratio=max(tcfg.prune.max_ratio, *[float(r) for r in s.ratios]))
+    host = host if host is not None else open_host(s)
+    model = host.model
+    base = dataclasses.replace(host.prune, ratios=0.0, plan=None, cross_view="off", temperature=s.temperature,
+                               max_ratio=max(host.prune.max_ratio, *[float(r) for r in s.ratios]))
     rows_path = os.path.join(s.out, "front_rows.jsonl")
     done: Dict[Tuple[str, float, int], dict] = {}
     if os.path.isfile(rows_path):
@@ -298,20 +376,11 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             done[(r["method"], round(r["ratio"], 4), r["seed"])] = r
     times = bench_time_ratios(s.bench_json, s.bench_resolution)
 
-    def run(seed: int, i: int, ctrl=None, flow=rflow):
-        item = bundle.dataset[i]
-        batch = bundle.collate([item])
-        x0 = bundle.latents(batch)
-        h, w, f = (v[0].item() for v in bundle.frame_info(batch))
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(item.get("index", i)) * 101)
-        noise = torch.randn(x0.shape, generator=g)
-        with torch.no_grad():
-            z = sample(model, bundle.forward, noise, batch, None, flow, h, w, int(f), controller=ctrl)
-        video = bundle.codec.decode(z)[0] if bundle.codec is not None else z[0]
-        return [to_uint8_frames(v) for v in video]  # per view [T, H, W, 3]
+    def run(seed: int, i: int, ctrl=None, steps: Optional[int] = None):
+        return host.generate(seed, i, ctrl, steps)
 
     for seed in [] if s.render_only else s.seeds:
-        N = rflow.num_sampling_steps
+        N = host.num_steps
         todo = [(m, float(r)) for m in s.methods for r in s.ratios if (m, round(float(r), 4), seed) not in done]
         fewer = [int(k) for k in s.fewer_steps if (FEWER_STEPS, round(1 - int(k) / N, 4), seed) not in done]
         if not todo and not fewer:
@@ -341,16 +410,16 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
         for k in tqdm(fewer, desc=f"fewer steps seed {seed}", disable=not progress):
-            flow = dataclasses.replace(rflow, num_sampling_steps=k)
             p_sum, s_sum, n = 0.0, 0.0, 0
             for i in range(s.scenes):
-                for a, b in zip(run(seed, i, None, flow), dense[i]):
-                    p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
-                    s_sum += float(ssim(a, b, 255.0).mean())
+                for a, b in zip(run(seed, i, None, k), dense[i]):
+                    p, q = host.fidelity(a, b)
+                    p_sum += p
+                    s_sum += q
                     n += 1
             r = round(1 - k / N, 4)
             row = dict(method=FEWER_STEPS, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=s.config, cost_flops=k / N)
+                       attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=host.label, cost_flops=k / N)
             done[(FEWER_STEPS, r, seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -358,31 +427,31 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         for m, r in tqdm(todo, desc=f"front seed {seed}", disable=not progress):
             prune = line_prune(m, s)
             k = parse_line(m).steps or N
-            flow = dataclasses.replace(rflow, num_sampling_steps=k)
             ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, **prune))
             p_sum = s_sum = 0.0
             n = 0
             realized: List[Tuple[int, int, float]] = []
             for i in range(s.scenes):
-                frames = run(seed, i, ctrl, flow)
+                frames = run(seed, i, ctrl, k)
                 if ctrl.step_cache is not None:
                     realized += ctrl.step_cache.realized
                 for a, b in zip(frames, dense[i]):
-                    p_sum += float(psnr(a, b, 255.0).clamp_max(100.0).mean())
-                    s_sum += float(ssim(a, b, 255.0).mean())
+                    p, q = host.fidelity(a, b)
+                    p_sum += p
+                    s_sum += q
                     n += 1
             per_step = step_ratios(ctrl, k, realized)
             remove(model)
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
                        attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
-                       steps=k, scope=prune["scope"], host=s.config,
+                       steps=k, scope=prune["scope"], host=host.label,
                        cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N)
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             log.info("%s r %.2f seed %d: %.2f dB, attn error %.2f%%", m, r, seed, row["fidelity_PSNR"],
                      row["attn_error"])
-    fewer_ratios = [round(1 - int(j) / rflow.num_sampling_steps, 4) for j in s.fewer_steps]
+    fewer_ratios = [round(1 - int(j) / host.num_steps, 4) for j in s.fewer_steps]
     rows = [done[k] for k in sorted(done, key=lambda k: (k[2], s.methods.index(k[0]) if k[0] in s.methods else 99,
                                                          k[1]))
             if k[2] in s.seeds and (k[0] in s.methods and any(math.isclose(k[1], r) for r in s.ratios)
@@ -392,7 +461,8 @@ def run_front(s: FrontSettings, progress: bool = True) -> Dict[str, Any]:
         if r["time_ratio"] is None:  # a ratio the benchmark skipped: interpolated along the method's measured line
             pts = sorted((k[1], v) for k, v in times.items() if k[0] == r["method"])
             r["time_ratio"] = interpolate([p[0] for p in pts], [p[1] for p in pts], r["ratio"]) if pts else None
-    payload = dict(settings=dataclasses.asdict(s), fields=list(ROW_FIELDS), rows=rows)
+    settings = {k: v for k, v in dataclasses.asdict(s).items() if s.host != "builtin" or k not in HOST_FIELDS}
+    payload = dict(settings=settings, fields=list(ROW_FIELDS), rows=rows)
     with open(os.path.join(s.out, "front.json"), "w") as fh:
         json.dump(payload, fh, indent=2, default=str)
     plot_front(rows, os.path.join(s.out, "front.png"))
@@ -456,5 +526,5 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
     return path
 
 
-__all__ = ["FRONT_METHODS", "FRONT_RATIOS", "FrontSettings", "equal_cost_wins", "flops_ratio", "interpolate",
-           "run_front"]
+__all__ = ["FRONT_HOSTS", "FRONT_METHODS", "FRONT_RATIOS", "FrontHost", "FrontSettings", "builtin_host",
+           "equal_cost_wins", "flops_ratio", "frame_fidelity", "interpolate", "open_host", "run_front"]
