@@ -29,7 +29,7 @@ import torch.nn as nn
 from . import kernels
 from .execution import rank_call, sp_size_of
 from .methods import Reduced, Selection, gather_tokens
-from .step_cache import CacheEntry, captured_branches, regate, split_gated, stale_first_selection
+from .step_cache import captured_branches, full_context_attention, regate, split_gated, stale_first_selection
 
 
 def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
@@ -42,11 +42,6 @@ def _set(args: tuple, kwargs: dict, where: Tuple[int, str], value) -> Tuple[tupl
     if len(args) > i:
         return args[:i] + (value,) + args[i + 1:], kwargs
     return args, dict(kwargs, **{k: value})
-
-
-def _keep_inputs(controller, frames: torch.Tensor):
-    """The block inputs a dense step caches for ``cache_select="change"`` (``None`` for the other rules)."""
-    return frames.detach().clone() if controller.cfg.cache_select == "change" else None
 
 
 def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -67,26 +62,26 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     cache = controller.step_cache
     slot = call.ctx.slot if cache is not None else None
     entry = cache.get(slot, ordinal, frames) if slot is not None else None
-    gated = slot is not None and controller.cfg.cache_form == "gated"
+    cfg = controller.cfg
+    gated = slot is not None and cfg.cache_form == "gated"
+    every = slot is not None and cfg.cache_context == "all"
     names = controller.adapter.gated_branches
     gates = controller.adapter.block_gates(block, args, kwargs) if gated else None
+    attn = controller.modules[ordinal]
     if geo.skipped == 0:
-        with (captured_branches(block, names) if gated else nullcontext({})) as got:
+        with (captured_branches(block, names) if gated else nullcontext({})) as got, \
+                (full_context_attention(attn, None, None) if every else nullcontext({})) as seen:
             out = forward(block, *args, **kwargs)
         if slot is not None:  # a dense step fills the cache with every token's residual
             first = out[0] if isinstance(out, (tuple, list)) else out
-            residual, branches = (first.reshape(BN * T, S, C) - frames).detach(), None
-            if gated:
-                residual, branches = split_gated(residual, {k: v.detach() for k, v in got.items()}, names, gates, T)
-            cache.put(slot, ordinal, CacheEntry(residual, torch.zeros(BN * T, S, dtype=torch.int16, device=x.device),
-                                                _keep_inputs(controller, frames), branches))
-            cache.realized.append((call.ctx.step, ordinal, 0.0))
+            residual = (first.reshape(BN * T, S, C) - frames).detach()
+            parts = split_gated(residual, {k: v.detach() for k, v in got.items()}, names, gates, T) if gated else None
+            cache.record(slot, ordinal, None, frames, residual, None, cfg.cache_select, parts, seen.get("inputs"))
         return out
     if call.counts is not None and len(set(call.counts)) > 1:
         raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
                          f"counts on every rank, got {call.counts}; lower the ratio (or use scope='attention')")
     if entry is not None:  # the cache replaces the method's restoration: the freshest tokens skip, the stalest run
-        cfg = controller.cfg
         change = None
         if entry.inputs is not None:  # relative move of each token's input since it was last computed
             change = (frames - entry.inputs).norm(dim=-1) / entry.inputs.norm(dim=-1).clamp_min(1e-6)
@@ -102,7 +97,10 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
-    with (captured_branches(block, names) if gated else nullcontext({})) as got:
+    context = entry.attn_inputs if (every and entry is not None) else None
+    with (captured_branches(block, names) if gated else nullcontext({})) as got, \
+            (full_context_attention(attn, context, sel.keep, cfg.backend) if context is not None
+             else nullcontext({})) as seen:
         out = forward(block, *args, **kwargs)
     derived = None
     if isinstance(out, (tuple, list)):
@@ -120,21 +118,10 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     else:
         residual = method.restore(out_kept - kept, frames, sel, red, geo)  # [BN*T, S, C]
     if slot is not None:
-        age = (entry.age + 1) if entry is not None else torch.ones(BN * T, S, dtype=torch.int16, device=x.device)
-        age = age.scatter(1, sel.keep, 0)
-        inputs = None
-        if controller.cfg.cache_select == "change":
-            inputs = frames.detach() if entry is None else entry.inputs.scatter(1, idx, kept.detach())
-        rest, branches = residual.detach(), None
-        if gated:  # the computed tokens' branches and rest; the skipped keep theirs (or, first time, 0 branches)
-            new_rest, new_br = split_gated((out_kept - kept).detach(), {k: v.detach() for k, v in got.items()},
-                                           names, gates, T)
-            old_rest = entry.residual if entry is not None else residual.detach()
-            old_br = entry.branches if entry is not None else (torch.zeros_like(rest), torch.zeros_like(rest))
-            rest = old_rest.scatter(1, idx, new_rest)
-            branches = tuple(o.scatter(1, idx, b) for o, b in zip(old_br, new_br))
-        cache.put(slot, ordinal, CacheEntry(rest, age, inputs, branches))
-        cache.realized.append((call.ctx.step, ordinal, sel.skip.shape[1] / S))
+        parts = None
+        if gated:
+            parts = split_gated((out_kept - kept).detach(), {k: v.detach() for k, v in got.items()}, names, gates, T)
+        cache.record(slot, ordinal, entry, frames, residual, sel.keep, cfg.cache_select, parts, seen.get("inputs"))
     full = (frames + residual).reshape(BN, L, C)
     if derived is None:
         return full

@@ -57,6 +57,10 @@ class PruneConfig:
     cache_form: with ``step_cache``, what a block caches per token: ``"residual"`` (its block residual) or
         ``"gated"`` (ToCa's form: the self-attention and MLP branches before their adaLN gates, re-gated with the
         current step's gates, and the rest of the residual; the adapter must know the gates).
+    cache_context: with ``step_cache``: what the computed tokens' self-attention sees: ``"retained"`` (the computed
+        tokens only, as the block runs on them) or ``"all"`` (every token: the skipped ones' keys and values come
+        from their self-attention inputs cached when they were last computed; needs ``dense_steps >= 1``, no
+        sequence parallelism; cross-view attention stays on the computed tokens).
     """
 
     adapter: str = "auto"
@@ -80,6 +84,7 @@ class PruneConfig:
     dense_steps: int = 0
     cache_select: str = "change"
     cache_form: str = "residual"
+    cache_context: str = "retained"
     grid_specs: List[GridSpec] = field(default_factory=list, repr=False)
     resolved_plan: Optional[Plan] = field(default=None, repr=False, compare=False)
 
@@ -145,12 +150,18 @@ class PruneConfig:
             raise ValueError(f"max_stale must be None or an int >= 1 (steps), got {self.max_stale!r}")
         if isinstance(self.dense_steps, bool) or not isinstance(self.dense_steps, int) or self.dense_steps < 0:
             raise ValueError(f"dense_steps must be an int >= 0, got {self.dense_steps!r}")
-        from .step_cache import CACHE_FORMS, CACHE_SELECT
+        from .step_cache import CACHE_CONTEXTS, CACHE_FORMS, CACHE_SELECT
 
         if self.cache_select not in CACHE_SELECT:
             raise ValueError(f"cache_select must be one of {CACHE_SELECT}, got {self.cache_select!r}")
         if self.cache_form not in CACHE_FORMS:
             raise ValueError(f"cache_form must be one of {CACHE_FORMS}, got {self.cache_form!r}")
+        if self.cache_context not in CACHE_CONTEXTS:
+            raise ValueError(f"cache_context must be one of {CACHE_CONTEXTS}, got {self.cache_context!r}")
+        if self.cache_context == "all" and not (self.step_cache and self.dense_steps >= 1):
+            raise ValueError("cache_context='all' reads the skipped tokens' keys and values from the step cache, "
+                             "which a dense step fills: set step_cache=True and dense_steps >= 1 "
+                             "(or cache_context='retained')")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         check_ratio(self.max_ratio, name="max_ratio")

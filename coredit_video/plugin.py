@@ -52,6 +52,9 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
     if cfg.step_cache and cfg.cache_form == "gated" and type(adapter).block_gates is HostAdapter.block_gates:
         raise ValueError(f"cache_form='gated' needs the adapter's block gates, which the {type(adapter).__name__} "
                          "does not give; use cache_form='residual'")
+    if cfg.cache_context == "all" and sp_size > 1:
+        raise ValueError("cache_context='all' runs without sequence parallelism (each rank would need every rank's "
+                         "cached keys); use cache_context='retained' or parallel.sp_size=1")
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
     if cfg.scope == "block":

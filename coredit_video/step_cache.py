@@ -28,6 +28,7 @@ from .ops.tables import cached, on_device
 
 CACHE_SELECT = ("coherence", "staleness", "random", "change")
 CACHE_FORMS = ("residual", "gated")
+CACHE_CONTEXTS = ("retained", "all")
 
 
 @dataclass
@@ -42,10 +43,12 @@ class CacheEntry:
     # then the rest of the block residual (cross-view, cross-attention), so that
     # residual_now = residual + gate_attn_now * branches[0] + gate_mlp_now * branches[1]
     branches: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    # cache_context "all": each token's self-attention input when it was last computed (its keys and values)
+    attn_inputs: Optional[torch.Tensor] = None
 
     @property
     def nbytes(self) -> int:
-        held = [self.residual, self.age] + ([self.inputs] if self.inputs is not None else [])
+        held = [self.residual, self.age] + [t for t in (self.inputs, self.attn_inputs) if t is not None]
         held += list(self.branches or ())
         return sum(t.numel() * t.element_size() for t in held)
 
@@ -104,17 +107,54 @@ class StepCache:
     def put(self, slot: int, ordinal: int, entry: CacheEntry) -> None:
         self.entries[(slot, ordinal)] = entry
 
+    def record(self, slot: int, ordinal: int, entry: Optional[CacheEntry], frames: torch.Tensor,
+               residual: torch.Tensor, keep: Optional[torch.Tensor] = None, select: str = "change",
+               gated: Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = None,
+               attn_inputs: Optional[torch.Tensor] = None) -> None:
+        """Store what block ``ordinal`` computed in this step for forward ``slot``.
+
+        ``frames [F, N, C]``: the block input; ``residual [F, N, C]``: every token's residual this step (computed
+        or taken from the cache); ``keep [F, R]``: the computed tokens (``None``: a dense step, all of them);
+        ``gated``: ``(rest, (attn, mlp))`` of the computed tokens (``split_gated``; dense: of all);
+        ``attn_inputs [F, N, C]``: every token's self-attention input (the computed ones fresh)."""
+        F_, N, C = frames.shape
+        if keep is None:
+            age = torch.zeros(F_, N, dtype=torch.int16, device=frames.device)
+            inputs = frames.detach().clone() if select == "change" else None
+            rest, branches = (gated[0], gated[1]) if gated is not None else (residual.detach(), None)
+            fraction = 0.0
+        else:
+            idx = keep.unsqueeze(-1).expand(-1, -1, C)
+            old_age = entry.age + 1 if entry is not None else torch.ones(F_, N, dtype=torch.int16,
+                                                                         device=frames.device)
+            age = old_age.scatter(1, keep, 0)
+            inputs = None
+            if select == "change":
+                kept_in = frames.detach().gather(1, idx)
+                inputs = frames.detach() if entry is None else entry.inputs.scatter(1, idx, kept_in)
+            rest, branches = residual.detach(), None
+            if gated is not None:  # the computed tokens' branches and rest; the skipped keep theirs (first time: 0)
+                new_rest, new_br = gated
+                old_rest = entry.residual if entry is not None else residual.detach()
+                old_br = entry.branches if entry is not None else (torch.zeros_like(rest), torch.zeros_like(rest))
+                rest = old_rest.scatter(1, idx, new_rest)
+                branches = tuple(o.scatter(1, idx, b) for o, b in zip(old_br, new_br))
+            fraction = 1.0 - keep.shape[1] / N
+        self.put(slot, ordinal, CacheEntry(rest, age, inputs, branches,
+                                           None if attn_inputs is None else attn_inputs.detach()))
+        self.realized.append((self.step, ordinal, fraction))
+
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values())
 
 
 def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2,
-                          select: str = "coherence", form: str = "residual") -> int:
+                          select: str = "coherence", form: str = "residual", context: str = "retained") -> int:
     """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype,
-    the age ``F N`` (int16), for ``select="change"`` the inputs ``F N C`` and for ``form="gated"`` the two gated
-    branches ``2 F N C``."""
-    tensors = 1 + (select == "change") + 2 * (form == "gated")
+    the age ``F N`` (int16), for ``select="change"`` the inputs ``F N C``, for ``form="gated"`` the two gated
+    branches ``2 F N C`` and for ``context="all"`` the self-attention inputs ``F N C``."""
+    tensors = 1 + (select == "change") + 2 * (form == "gated") + (context == "all")
     per_token = channels * dtype_bytes * tensors + 2
     return frames * tokens * per_token
 
@@ -167,6 +207,39 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
                              f"{int(total[0])}); raise prune.max_stale or lower the ratio")
     return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
 
+
+
+@contextmanager
+def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[torch.Tensor], backend: str = "auto"):
+    """While the block runs, its self-attention ``attn`` sees every token (``cache_context="all"``); yields
+    ``{"inputs": [F, N, C]}``, every token's self-attention input after the call.
+
+    ``cached [F, N, C]``: the inputs cached for every token; ``keep [F, R]``: the tokens the block computes, whose
+    inputs ``h [F, R, C]`` arrive now. Their queries attend to the keys and values of ``cached`` with the computed
+    rows replaced by ``h``. ``cached=None`` (a dense step): the attention runs as it is and its input is recorded.
+    """
+    from .attention.backends import dense_self_attention
+
+    seen: Dict[str, torch.Tensor] = {}
+    own = attn.__dict__.get("forward")
+    call = own if own is not None else type(attn).forward.__get__(attn)
+
+    def forward(h, *args, **kwargs):
+        if cached is None:
+            seen["inputs"] = h.detach()
+            return call(h, *args, **kwargs)
+        every = cached.to(h.dtype).scatter(1, keep.unsqueeze(-1).expand(-1, -1, h.shape[-1]), h)
+        seen["inputs"] = every.detach()
+        return dense_self_attention(attn, h, backend, kv=every)
+
+    attn.__dict__["forward"] = forward
+    try:
+        yield seen
+    finally:
+        if own is None:
+            del attn.__dict__["forward"]
+        else:
+            attn.__dict__["forward"] = own
 
 
 @contextmanager

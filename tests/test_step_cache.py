@@ -264,3 +264,49 @@ def test_gated_form_needs_an_adapter_that_knows_the_gates(monkeypatch):
     monkeypatch.setattr(BuiltinHostAdapter, "block_gates", HostAdapter.block_gates)
     with pytest.raises(ValueError, match="cache_form='residual'"):
         cv.apply(build(), dict(ratios=0.3, **dict(CACHE, cache_form="gated")))
+
+
+def test_full_context_queries_are_rows_of_the_full_attention():
+    """cache_context='all': the computed tokens' attention over every token's (cached) keys and values is the
+    matching rows of full self-attention over those inputs."""
+    from coredit_video.attention.backends import dense_self_attention
+    from coredit_video.step_cache import full_context_attention
+
+    model = build()
+    attn = model.base_blocks_s[0].attn
+    g = torch.Generator().manual_seed(0)
+    h_all = torch.randn(3, 20, attn.qkv.in_features, generator=g)
+    keep = torch.sort(torch.randperm(20, generator=g)[:12]).values.expand(3, -1).contiguous()
+    stale = h_all + 0.3 * torch.randn(h_all.shape, generator=g)  # the computed rows' cached inputs are outdated
+    h = h_all.gather(1, keep.unsqueeze(-1).expand(-1, -1, h_all.shape[-1]))
+    skipped = torch.ones(3, 20, dtype=torch.bool).scatter(1, keep, False)
+    cached = torch.where(skipped.unsqueeze(-1), h_all, stale)
+    with torch.no_grad(), full_context_attention(attn, cached, keep) as seen:
+        out = attn(h)
+    want = dense_self_attention(attn, h_all).gather(1, keep.unsqueeze(-1).expand(-1, -1, h_all.shape[-1]))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(seen["inputs"], h_all)  # the fresh rows replace the cached ones
+    assert "forward" not in attn.__dict__  # the patch is gone after the call
+
+
+def test_full_context_loop_and_its_refusals():
+    model = build()
+    dense, _ = loop(model)
+    full = dict(CACHE, cache_context="all")
+    got, ctrl = loop(model, full)
+    retained, _ = loop(model, CACHE)
+    assert torch.equal(got[0][0], dense[0][0])
+    for i in range(1, 5):
+        y, d = got[i][0], dense[i][0]
+        assert torch.isfinite(y).all() and not torch.equal(y, retained[i][0])
+        assert float((y - d).norm() / d.norm()) < 0.05, i
+    assert all(e.attn_inputs is not None for e in ctrl.step_cache.entries.values())
+    zero, _ = loop(model, dict(full, ratios=0.0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(zero, dense))
+    assert cv.remove(model) and not any("forward" in m.__dict__ for m in model.modules())
+    with pytest.raises(ValueError, match="dense_steps >= 1"):
+        PruneConfig.build(dict(CACHE, cache_context="all", dense_steps=0))
+    with pytest.raises(ValueError, match="cache_context must be one of"):
+        PruneConfig.build(dict(CACHE, cache_context="every"))
+    assert cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual", "all") == \
+        cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual") + 2 * 10 * 8 * 2
