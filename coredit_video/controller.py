@@ -22,6 +22,16 @@ from .step_cache import StepCache
 PHASES = ("main", "late", "dense")  # "dense": the first prune.dense_steps steps, ratio 0
 
 
+def step_phase(step_index: int, num_steps: int, dense_steps: int, late_steps: int) -> str:
+    """The phase of sampling step ``step_index`` of ``num_steps`` (0-based): ``"dense"`` in the first ``dense_steps``,
+    ``"late"`` in the last ``late_steps``, else ``"main"``."""
+    if not 0 <= step_index < num_steps:
+        raise ValueError(f"step_index {step_index} outside [0, {num_steps})")
+    if step_index < dense_steps:
+        return "dense"
+    return "late" if step_index >= num_steps - late_steps else "main"
+
+
 class PruningController:
     def __init__(self, model: nn.Module, cfg: PruneConfig, adapter, blocks: List[Tuple[str, nn.Module]],
                  bands: int):
@@ -109,12 +119,7 @@ class PruningController:
     def set_step(self, step_index: int, num_steps: int) -> str:
         """Sampler hook: step ``i`` of ``num_steps`` (0-based); the first ``dense_steps`` are 'dense', the last
         ``late_steps`` 'late'. Step 0 starts a fresh step cache."""
-        if not 0 <= step_index < num_steps:
-            raise ValueError(f"step_index {step_index} outside [0, {num_steps})")
-        if step_index < self.cfg.dense_steps:
-            self.phase = "dense"
-        else:
-            self.phase = "late" if step_index >= num_steps - self.cfg.late_steps else "main"
+        self.phase = step_phase(step_index, num_steps, self.cfg.dense_steps, self.cfg.late_steps)
         if self.step_cache is not None:
             self.step_cache.start_step(step_index, num_steps)
         return self.phase

@@ -32,7 +32,7 @@ FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "c
                  "todo", "coredit@block", "coredit_copy@block", "coredit_merge@block")
 FRONT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 ROW_FIELDS = ("method", "ratio", "seed", "fidelity_PSNR", "fidelity_SSIM", "attn_error", "flops_ratio", "time_ratio",
-              "steps", "cost_flops", "scope", "host")
+              "steps", "cost_flops", "cost_time", "scope", "host", "step_ratios")
 
 
 @dataclasses.dataclass
@@ -56,6 +56,7 @@ class FrontSettings:
     max_stale: Optional[int] = 2  # lines METHOD@block+cache: prune.max_stale
     dense_steps: int = 1  # lines METHOD@block+cache: prune.dense_steps
     fewer_steps: Sequence[int] = ()  # the line "fewer_steps": dense sampling at k of the reference steps, each k
+    step_time_json: Optional[str] = None  # tools/bench_step_time.py output: the cost_time column
     # -- the host seam (open_host): "builtin" samples ``config``'s embedded host; "magicdrive_v2" a MagicDrive-V2
     # config (``config``) with its checkpoint ``ckpt`` (coredit_video/integrations/magicdrive_front.py)
     host: str = "builtin"
@@ -185,29 +186,33 @@ def open_host(s: FrontSettings) -> FrontHost:
 
 
 CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
+CACHE_ALL_SUFFIX = "+cache_all"  # ... and its computed tokens attend to every token (cache_context="all")
 FEWER_STEPS = "fewer_steps"  # the dense model at fewer sampling steps (ratio: the fraction of steps left out)
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontLine:
-    """A front line ``METHOD[@SCOPE][+cache][/STEPS]``: a method, its scope, the step cache (block scope), and
-    the sampling steps it runs (``None``: the reference steps; fewer: a composition with fewer steps)."""
+    """A front line ``METHOD[@SCOPE][+cache|+cache_all][/STEPS]``: a method, its scope, the step cache (block scope;
+    ``+cache_all``: with ``cache_context="all"``), and the sampling steps it runs (``None``: the reference steps;
+    fewer: a composition with fewer steps)."""
 
     method: str
     scope: str = "attention"
     cache: bool = False
     steps: Optional[int] = None
+    context: str = "retained"  # the step cache's cache_context
 
 
 def parse_line(line: str) -> FrontLine:
     body, slash, steps = line.partition("/")
-    cache = body.endswith(CACHE_SUFFIX)
+    context = "all" if body.endswith(CACHE_ALL_SUFFIX) else "retained"
+    cache = body.endswith((CACHE_SUFFIX, CACHE_ALL_SUFFIX))
     if cache:
-        body = body[:-len(CACHE_SUFFIX)]
+        body = body[:-len(CACHE_ALL_SUFFIX if context == "all" else CACHE_SUFFIX)]
     method, _, scope = body.partition("@")
     if slash and not (steps.isdigit() and int(steps) >= 1):
         raise ValueError(f"line {line!r}: after '/' give the steps it samples, an int >= 1 (e.g. coredit_merge/20)")
-    return FrontLine(method, scope or "attention", cache, int(steps) if slash else None)
+    return FrontLine(method, scope or "attention", cache, int(steps) if slash else None, context)
 
 
 def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
@@ -215,7 +220,7 @@ def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
     p = parse_line(line)
     out: Dict[str, Any] = dict(method=p.method, scope=p.scope)
     if p.cache:
-        out.update(step_cache=True, max_stale=s.max_stale, dense_steps=s.dense_steps)
+        out.update(step_cache=True, max_stale=s.max_stale, dense_steps=s.dense_steps, cache_context=p.context)
     return out
 
 
@@ -232,9 +237,17 @@ def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: st
 
     if ratio <= 0.0:
         return 1.0
-    method, scope = split_line(line)
-    res = count_flops(preset, resolution=resolution, ratios=ratio, method=method, scope=scope)
-    return 1.0 - float(res["total_reduction"])
+    p = parse_line(line)
+    res = count_flops(preset, resolution=resolution, ratios=ratio, method=p.method, scope=p.scope)
+    if not (p.cache and p.context == "all"):
+        return 1.0 - float(res["total_reduction"])
+    from .step_cache import full_context_flops
+
+    inp = res["inputs"]
+    per_frame = inp["latent_frames"] * inp["views"]
+    extra = sum(per_frame * full_context_flops(inp["tokens_per_frame"], b["kept_per_frame"], inp["spec"]["hidden"])
+                for b in res["blocks"])
+    return (res["pruned_total"] + extra) / res["dense_total"]
 
 
 def run_cost_flops(preset: str, resolution: Tuple[int, int], line: str, step_ratios: Sequence[float]) -> float:
@@ -252,12 +265,59 @@ def step_ratios(ctrl, num_steps: int, realized: Optional[Sequence[Tuple[int, int
         for step, _, frac in realized:
             per.setdefault(step, []).append(frac)
         return [sum(per[i]) / len(per[i]) if i in per else 0.0 for i in range(num_steps)]
-    out = []
-    for i in range(num_steps):
-        phase = ctrl.set_step(i, num_steps)
-        out.append(sum(ctrl.effective_ratio(b, phase) for b in range(len(ctrl))) / len(ctrl))
-    ctrl.set_phase("main")
-    return out
+    from .controller import step_phase
+
+    phases = [step_phase(i, num_steps, ctrl.cfg.dense_steps, ctrl.cfg.late_steps) for i in range(num_steps)]
+    return [sum(ctrl.effective_ratio(b, ph) for b in range(len(ctrl))) / len(ctrl) for ph in phases]
+
+
+def step_time_table(path: Optional[str]) -> Dict[str, Tuple[List[float], List[float]]]:
+    """``{line: (ratios, time over dense)}`` of one denoising step from a ``tools/bench_step_time.py`` JSON, each
+    line starting at ``(0, 1)`` (ratio 0 is the dense step)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    pts: Dict[str, Dict[float, float]] = {}
+    for r in data["rows"]:
+        if r["line"] != "dense":
+            pts.setdefault(r["line"], {0.0: 1.0})[round(float(r["ratio"]), 4)] = float(r["time_ratio"])
+    return {m: (sorted(v), [v[k] for k in sorted(v)]) for m, v in pts.items()}
+
+
+def schedule_step_ratios(ratio: float, steps: int, prune) -> List[float]:
+    """The ratio of each of ``steps`` sampling steps at a uniform ``ratio`` under ``prune``'s schedule (dense steps,
+    late-step decay): rows written before ``step_ratios`` was recorded."""
+    from .controller import step_phase
+
+    scale = {"dense": 0.0, "late": prune.late_factor, "main": 1.0}
+    return [ratio * scale[step_phase(i, steps, prune.dense_steps, prune.late_steps)] for i in range(steps)]
+
+
+def row_cost_time(row: dict, table: Dict[str, Tuple[List[float], List[float]]], prune,
+                  num_steps: int) -> Optional[float]:
+    """Measured time of a row's whole sampling run over the dense run at ``num_steps``: each step's time over the
+    dense step (interpolated along the row's line in ``table`` at the step's ratio), summed over the row's steps.
+    ``None`` where the line was not timed, a step's ratio lies beyond the timed ones, or a step-cache row predates
+    ``step_ratios``."""
+    k = int(row.get("steps") or num_steps)
+    if row["method"] == FEWER_STEPS:
+        return k / num_steps
+    p = parse_line(row["method"])
+    line = p.method + ("" if p.scope == "attention" else f"@{p.scope}") + (
+        (CACHE_ALL_SUFFIX if p.context == "all" else CACHE_SUFFIX) if p.cache else "")
+    if line not in table:
+        return None
+    per_step = row.get("step_ratios")
+    if per_step is None:
+        if p.cache:
+            return None
+        per_step = schedule_step_ratios(float(row["ratio"]), k, prune)
+    xs, ys = table[line]
+    each = [interpolate(xs, ys, float(v)) for v in per_step]
+    if any(e is None for e in each):
+        return None
+    return sum(each) / num_steps
 
 
 def bench_time_ratios(path: Optional[str], resolution: Tuple[int, int]) -> Dict[Tuple[str, float], float]:
@@ -445,7 +505,8 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
                        attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
                        steps=k, scope=prune["scope"], host=host.label,
-                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N)
+                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N,
+                       step_ratios=[round(float(v), 4) for v in per_step])
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -461,6 +522,9 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
         if r["time_ratio"] is None:  # a ratio the benchmark skipped: interpolated along the method's measured line
             pts = sorted((k[1], v) for k, v in times.items() if k[0] == r["method"])
             r["time_ratio"] = interpolate([p[0] for p in pts], [p[1] for p in pts], r["ratio"]) if pts else None
+    step_times = step_time_table(s.step_time_json)
+    for r in rows:
+        r["cost_time"] = row_cost_time(r, step_times, base, host.num_steps)
     settings = {k: v for k, v in dataclasses.asdict(s).items() if s.host != "builtin" or k not in HOST_FIELDS}
     payload = dict(settings=settings, fields=list(ROW_FIELDS), rows=rows)
     with open(os.path.join(s.out, "front.json"), "w") as fh:
@@ -481,6 +545,7 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
         return None
     methods = list(dict.fromkeys(r["method"] for r in rows))
     panels = [("cost_flops", "whole sampling run: counted FLOPs / dense run (XL 848x1600, every step)"),
+              ("cost_time", "whole sampling run: measured time / dense run (XL width, per-step times combined)"),
               ("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
               ("flops_ratio", "one forward: counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
     panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)] or panels[1:]
@@ -515,7 +580,8 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
         missing = [m for m in methods if not any(r["method"] == m and r.get(cost) is not None for r in rows)]
         if missing:
             ax.text(0.01, 0.01, f"not measured: {', '.join(missing)}", fontsize=7, transform=ax.transAxes)
-    for ax, loc in zip(axes, ("lower right", "lower right", "upper left")):  # where the rising lines leave room
+    legend_at = ("lower right", "lower right", "lower right", "upper left")  # where the rising lines leave room
+    for ax, loc in zip(axes, legend_at):
         if ax.lines:
             ax.legend(fontsize=8, loc=loc)
     fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6, fewer steps labelled by step count; "

@@ -159,6 +159,14 @@ def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: 
     return frames * tokens * per_token
 
 
+def full_context_flops(tokens: int, kept: int, channels: int) -> int:
+    """Extra FLOPs of ``cache_context="all"`` in one block for one frame of ``tokens`` of which ``kept`` are computed:
+    the skipped tokens' keys and values from their cached inputs (``2C x C`` multiply-adds each) and the computed
+    tokens' queries against them (``Q K^T`` and ``A V``: ``2 kept skipped C`` multiply-adds); multiply-add = 2."""
+    skipped = tokens - kept
+    return 2 * (2 * channels * channels * skipped + 2 * kept * skipped * channels)
+
+
 def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, budgets: Sequence[int], stride: int,
                           phase: int, bands: int, max_stale: Optional[int], rule: str = "coherence",
                           seed: int = 0, group=None, change: Optional[torch.Tensor] = None

@@ -16,6 +16,7 @@ def test_interpolate_and_split_line():
     assert split_line("tome") == ("tome", "attention")
     assert parse_line("coredit@block+cache/20") == FrontLine("coredit", "block", True, 20)
     assert parse_line("coredit_merge/15") == FrontLine("coredit_merge", "attention", False, 15)
+    assert parse_line("coredit@block+cache_all") == FrontLine("coredit", "block", True, None, "all")
     with pytest.raises(ValueError, match="after '/'"):
         parse_line("coredit/x")
 
@@ -72,8 +73,29 @@ def test_front_rows_carry_steps_and_whole_run_cost(tmp_path):
     assert rows["coredit/3"]["cost_flops"] == pytest.approx(flops_ratio(*xl, 0.1, "coredit") * 0.5)
     cache = rows["coredit@block+cache"]
     assert cache["scope"] == "block" and 0.5 < cache["cost_flops"] < 1.0  # step 0 dense (dense_steps=1)
+    assert cache["step_ratios"][0] == 0.0 and len(cache["step_ratios"]) == 6
+    assert rows["coredit"]["step_ratios"] == [0.4, 0.4, 0.1, 0.1, 0.1, 0.1]
     for r in rows.values():
         assert r["host"] == "configs/tiny_cpu.py" and 10 < r["fidelity_PSNR"] <= 100
+        assert r["cost_time"] is None or r["method"] == "fewer_steps"  # no step-time table given
+
+    # cost_time: each step's time over dense from a step-time table, interpolated at its ratio, summed over steps
+    table = tmp_path / "step_time.json"
+    table.write_text(json.dumps(dict(rows=[
+        dict(line="dense", ratio=0.0, time_ratio=1.0), dict(line="coredit", ratio=0.2, time_ratio=0.9),
+        dict(line="coredit", ratio=0.4, time_ratio=0.7), dict(line="coredit@block+cache", ratio=0.4, time_ratio=0.6),
+        dict(line="coredit@block+cache", ratio=0.6, time_ratio=0.5)])))
+    rc = load_tool("front").main(["--seeds", "0", "--scenes", "1", "--probe-scenes", "0", "--sampling-steps", "6",
+                                  "--methods", "coredit,coredit/3,coredit@block+cache", "--ratios", "0.4",
+                                  "--fewer-steps", "3", "--out", str(out), "--render-only",
+                                  "--step-time-json", str(table)])
+    rows = {r["method"]: r for r in json.loads((out / "front.json").read_text())["rows"]}
+    at_01 = 1.0 - 0.1 / 0.2 * 0.1  # between (0, 1) and (0.2, 0.9)
+    assert rows["coredit"]["cost_time"] == pytest.approx((2 * 0.7 + 4 * at_01) / 6)
+    assert rows["coredit/3"]["cost_time"] == pytest.approx(3 * at_01 / 6)
+    assert rows["fewer_steps"]["cost_time"] == pytest.approx(0.5)
+    want = sum(1.0 - v / 0.4 * 0.4 if v <= 0.4 else 0.6 - (v - 0.4) / 0.2 * 0.1 for v in cache["step_ratios"]) / 6
+    assert rows["coredit@block+cache"]["cost_time"] == pytest.approx(want)
 
 
 def test_front_smoke(tmp_path):

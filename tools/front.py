@@ -72,7 +72,7 @@ def magicdrive_setup(args) -> None:
     if args.config is None:
         raise UsageError("--host magicdrive_v2: give --config, your MagicDrive-V2 test config "
                          "(e.g. configs/magicdrive_coredit_test.py)")
-    for name in ("config", "ckpt", "out", "bench_json"):
+    for name in ("config", "ckpt", "out", "bench_json", "step_time_json"):
         if getattr(args, name):
             setattr(args, name, os.path.abspath(getattr(args, name)))
     cfg = load_config(args.config)  # a missing or broken config file: one line
@@ -135,11 +135,15 @@ def main(argv=None, host_factory=None) -> int:
     ap.add_argument("--dense-steps", type=int, default=1, help="METHOD@block+cache lines: prune.dense_steps")
     ap.add_argument("--fewer-steps", type=int, nargs="*", default=[],
                     help="the line fewer_steps: the dense model at each of these step counts (of --sampling-steps)")
+    ap.add_argument("--step-time-json", default=None,
+                    help="tools/bench_step_time.py output: the cost_time column (whole run's measured time / dense)")
     args = ap.parse_args(argv)
     if args.probe_scenes is None:
         args.probe_scenes = 0 if args.host == "magicdrive_v2" else 2
     if args.bench_json and not os.path.isfile(args.bench_json):
         raise UsageError(f"--bench-json {args.bench_json!r} not found (run tools/bench_attention.py --json)")
+    if args.step_time_json and not os.path.isfile(args.step_time_json):
+        raise UsageError(f"--step-time-json {args.step_time_json!r} not found (run tools/bench_step_time.py)")
     if args.host == "builtin":
         if args.ckpt or args.latents:
             raise UsageError("--ckpt / --latents are for --host magicdrive_v2 (the built-in host reads "
@@ -156,7 +160,7 @@ def main(argv=None, host_factory=None) -> int:
                           methods=[m for m in args.methods.split(",") if m], ratios=args.ratios,
                           bench_json=args.bench_json, temperature=args.temperature, render_only=args.render_only,
                           max_stale=args.max_stale, dense_steps=args.dense_steps, fewer_steps=args.fewer_steps,
-                          host=args.host, ckpt=args.ckpt, latents=args.latents)
+                          host=args.host, ckpt=args.ckpt, latents=args.latents, step_time_json=args.step_time_json)
     except ValueError as e:
         raise UsageError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
