@@ -34,7 +34,7 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     parts = {ln.split("]")[0].lstrip("["): ln for ln in proc.stdout.splitlines() if ln.startswith("[")}
     for name in ("tests", "attention_eager", "attention_compiled_424x800", "attention_compiled_848x1600",
-                 "attention_methods", "e2e", "e2e_block_scope"):
+                 "attention_methods", "e2e", "e2e_block_scope", "step_time"):
         assert "timeout -k 10 " in parts[name] and f"{out}/{name}.log" in parts[name]
     assert "tests/test_kernels.py" in parts["tests"] and "tests/test_attention_backends_cuda.py" in parts["tests"]
     eager = parts["attention_eager"]
@@ -60,6 +60,11 @@ def test_dry_run_lists_every_part_with_its_time_limit(tmp_path):
                 "--ratios 0.4,0.5", "--cross-view qkv", "--dtype bfloat16", "--no-split", f"--out {out}",
                 "--tag gpu_block_scope", "timeout -k 10 80 "):
         assert arg in block
+    step = parts["step_time"]  # the front's cost_time on this GPU
+    for arg in ("tools/bench_step_time.py --device cuda", "--resolution 848x1600", f"--out {out}/step_time_cuda.json",
+                "timeout -k 10 60 "):
+        assert arg in step
+    assert "tests/test_front_magicdrive.py" in parts["tests"]
     assert not out.exists()  # nothing ran
 
 

@@ -10,7 +10,8 @@
 # dependencies (no mmengine, DeepSpeed, xformers or flash-attn). Wheels for anything missing (pytest and
 # its dependencies, say) may be brought in a `.whl/` folder at the repository root (never committed):
 # they are installed offline into /tmp/site. Time limits (seconds) can be changed through the
-# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_ATTN_METHODS, T_E2E, T_E2E_BLOCK. A part
+# environment: T_TESTS, T_ATTN, T_ATTN_COMPILE (each compiled resolution), T_ATTN_METHODS, T_E2E, T_E2E_BLOCK,
+# T_STEP_TIME. A part
 # that fails or times out is marked so in OUT_DIR/SUMMARY.md and the next one runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +27,11 @@ PY=${PYTHON:-python3}
 # worst case, every part at its limit: 80 + 80 + 2 x 90 + 75 + 105 + 80 s = 10.0 min (+ 10 s kill grace each)
 T_TESTS=${T_TESTS:-80}
 T_ATTN=${T_ATTN:-80}
-T_ATTN_COMPILE=${T_ATTN_COMPILE:-90}
+T_ATTN_COMPILE=${T_ATTN_COMPILE:-60}
 T_ATTN_METHODS=${T_ATTN_METHODS:-75}
 T_E2E=${T_E2E:-105}
 T_E2E_BLOCK=${T_E2E_BLOCK:-80}
+T_STEP_TIME=${T_STEP_TIME:-60}
 
 if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
   if [ $DRY = 1 ]; then
@@ -50,7 +52,8 @@ ATTN="tools/bench_attention.py --ratios 0.26,0.5 --passes fwd,fwd+bwd --dtype bf
 E2E="tools/bench_e2e.py --preset xl --ratio 0.26 --dtype bfloat16 --out $OUT"
 # name | time limit (s) | command
 PARTS=(
-  "tests|$T_TESTS|$PY -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention_backends_cuda.py --junitxml $OUT/tests.xml"
+  # tests/test_front_magicdrive.py: the front on the tiny upstream MagicDriveSTDiT3 (runs where MAGICDRIVE_V2_ROOT is set)
+  "tests|$T_TESTS|$PY -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention_backends_cuda.py tests/test_front_magicdrive.py --junitxml $OUT/tests.xml"
   "attention_eager|$T_ATTN|$PY $ATTN --methods coredit --resolutions 848x1600,424x800 --tag gpu_eager"
   "attention_compiled_424x800|$T_ATTN_COMPILE|$PY $ATTN --methods coredit --resolutions 424x800 --compile --no-split --repeats 5 --tag gpu_compiled_424x800"
   "attention_compiled_848x1600|$T_ATTN_COMPILE|$PY $ATTN --methods coredit --resolutions 848x1600 --compile --no-split --repeats 5 --tag gpu_compiled_848x1600"
@@ -63,6 +66,8 @@ PARTS=(
   # report is rewritten after each resolution, so a timeout keeps it); no module split (its hooks synchronise)
   # with the step cache beside block scope (its step 1 after an untimed step 0; memory rows give its bytes)
   "e2e_block_scope|$T_E2E_BLOCK|$PY tools/bench_e2e.py --scope block --step-cache --preset xl --resolutions 848x1600,424x800 --ratios 0.4,0.5 --cross-view qkv --dtype bfloat16 --no-split --out $OUT --tag gpu_block_scope"
+  # one denoising step per front line and ratio over dense: the front's cost_time on this GPU (--step-time-json)
+  "step_time|$T_STEP_TIME|$PY tools/bench_step_time.py --device cuda --depth 2 --control-depth 1 --views 6 --latent-frames 5 --resolution 848x1600 --ratios 0.1 0.3 0.5 --repeats 3 --out $OUT/step_time_cuda.json"
 )
 
 if [ $DRY = 1 ]; then
