@@ -26,6 +26,8 @@ import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .attention_probe import AttentionErrorProbe
+
 log = logging.getLogger("coredit.front")
 
 FRONT_METHODS = ("coredit", "coredit_copy", "coredit_sharp", "coredit_merge", "coredit_kv", "tome", "tomesd",
@@ -375,46 +377,6 @@ def equal_cost_wins(rows: List[dict], ours: str, theirs: str, seed: int, cost: s
     return wins, n
 
 
-class AttentionErrorProbe:
-    """Recomputes every spatial self-attention call of a (dense) generation with each (method, ratio) and sums
-    ``|Y_hat - Y|^2`` and ``|Y|^2``; the generation itself stays dense."""
-
-    def __init__(self, ctrl, methods: Sequence[str], ratios: Sequence[float], temperature: float, every: int = 1):
-        from .methods import build_method
-
-        self.ctrl = ctrl
-        self.methods = {m: build_method(m, temperature=temperature) for m in methods}
-        self.ratios = list(ratios)
-        self.err = {(m, r): 0.0 for m in methods for r in ratios}
-        self.energy = 0.0
-        self.every, self.calls = max(1, int(every)), 0
-
-    def __call__(self, ordinal: int, attn, x):
-        from .attention import dense_self_attention, pruned_self_attention
-
-        ctrl = self.ctrl
-        hw, geo = ctrl.context.hw, ctrl.geometries[ordinal]
-        y = dense_self_attention(attn, x)
-        self.calls += 1
-        if ((self.calls - 1) // len(ctrl.modules)) % self.every:  # measured on every k-th model forward only
-            return y
-        self.energy += float(y.float().pow(2).sum())
-        for m, method in self.methods.items():
-            for r in self.ratios:
-                y_hat = pruned_self_attention(attn, x, hw, r, geo, ctrl.bands, method=method).out
-                self.err[(m, r)] += float((y_hat - y).float().pow(2).sum())
-        return y
-
-    def attach(self) -> None:
-        import functools
-
-        for ordinal, attn in enumerate(self.ctrl.modules):
-            attn.__dict__["forward"] = functools.partial(self, ordinal, attn)
-
-    def errors(self) -> Dict[Tuple[str, float], float]:
-        return {k: 100.0 * v / max(self.energy, 1e-30) for k, v in self.err.items()}
-
-
 def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost] = None) -> Dict[str, Any]:
     """Run (or resume) the front; returns the payload written to ``front.json``. ``host``: a prebuilt
     :class:`FrontHost` (default: :func:`open_host` of ``s``)."""
@@ -457,15 +419,15 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
         ctrl = apply_pruning(model, base)
         probe = AttentionErrorProbe(ctrl, missing, [float(r) for r in s.ratios], s.temperature, s.probe_every)
         if missing:
-            probe.attach()
+            probe.apply()
         for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
             if i == s.probe_scenes:
-                remove(model)  # the remaining dense scenes without the probe
-                ctrl = apply_pruning(model, base)
+                probe.remove()  # the remaining dense scenes without the probe
             dense[i] = run(seed, i, ctrl)
+        probe.remove()
         remove(model)
         if missing:
-            known.update({(m, round(r, 4)): v for (m, r), v in probe.errors().items()})
+            known.update({(m, round(r, 4)): v for (m, r), v in probe.errors().items() if v is not None})
         with open(err_path, "w") as fh:
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
@@ -510,8 +472,9 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            log.info("%s r %.2f seed %d: %.2f dB, attn error %.2f%%", m, r, seed, row["fidelity_PSNR"],
-                     row["attn_error"])
+            err = row["attn_error"]
+            log.info("%s r %.2f seed %d: %.2f dB, attn error %s", m, r, seed, row["fidelity_PSNR"],
+                     "-" if err is None else f"{err:.2f}%")
     fewer_ratios = [round(1 - int(j) / host.num_steps, 4) for j in s.fewer_steps]
     rows = [done[k] for k in sorted(done, key=lambda k: (k[2], s.methods.index(k[0]) if k[0] in s.methods else 99,
                                                          k[1]))

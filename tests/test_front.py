@@ -78,6 +78,7 @@ def test_front_rows_carry_steps_and_whole_run_cost(tmp_path):
     for r in rows.values():
         assert r["host"] == "configs/tiny_cpu.py" and 10 < r["fidelity_PSNR"] <= 100
         assert r["cost_time"] is None or r["method"] == "fewer_steps"  # no step-time table given
+        assert r["attn_error"] is None  # no probe scenes: not measured (not 0)
 
     # cost_time: each step's time over dense from a step-time table, interpolated at its ratio, summed over steps
     table = tmp_path / "step_time.json"

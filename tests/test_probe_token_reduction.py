@@ -1,21 +1,22 @@
-"""tools/probe_token_reduction.py: each mechanism computes what its name says, against loop references."""
-import importlib.util
-import os
+"""The attention-error probe (coredit_video.attention_probe) and tools/probe_token_reduction.py: each mechanism
+computes what its name says, against loop references; the probe attaches and detaches cleanly; the tool and the
+front measure the same error on the same dense trajectory."""
+import json
 
+import pytest
 import torch
 
 from coredit_video.attention import BlockGeometry, pruned_self_attention
 from coredit_video.attention.backends import dense_self_attention
+from coredit_video.attention_probe import AttentionErrorProbe, call_geometry
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets
 from coredit_video.ops.partition import partition
-from tests.dist.common import REPO
+from tests.dist.common import load_tool
 
 HW = (8, 12)
 LAYOUT = BlockGeometry(1, (4, 4), (2, 2), 2)
-spec = importlib.util.spec_from_file_location("probe", os.path.join(REPO, "tools", "probe_token_reduction.py"))
-probe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(probe)
+tool = load_tool("probe_token_reduction")
 
 
 def _setup(seed=0, frames=2, c=32):
@@ -31,18 +32,24 @@ def _cos(a, b):
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
-def test_ratio_zero_is_dense_for_every_mechanism():
+def _outputs(ratio, methods=()):
     attn, x = _setup()
+    with torch.no_grad():
+        return attn, x, tool.build_probe(None, [ratio], methods).outputs(attn, x, call_geometry(HW, ratio, LAYOUT, 2))
+
+
+def test_ratio_zero_is_dense_for_every_mechanism():
+    attn, x, out = _outputs(0.0, ("coredit_kv", "tome"))
     dense = dense_self_attention(attn, x)
-    for name, (y, reduced) in probe.reduced_outputs(attn, x, HW, 0.0, LAYOUT, 2).items():
+    assert set(out) == {*tool.MECHANISMS, "coredit_kv", "tome"}
+    for name, (y, reduced) in out.items():
         assert torch.equal(y, dense) and not reduced.any(), name
 
 
 def test_mechanisms_against_loop_references():
-    attn, x = _setup()
+    attn, x, out = _outputs(0.4)
     Fr, N, _ = x.shape
     K = sum(band_budgets(HW, 0.4, LAYOUT.stride, LAYOUT.ordinal, 2))
-    out = probe.reduced_outputs(attn, x, HW, 0.4, LAYOUT, 2)
     part = partition(HW, LAYOUT.grid, LAYOUT.subgrid, 2)
     local_differs = False
     with torch.no_grad():
@@ -54,8 +61,9 @@ def test_mechanisms_against_loop_references():
         y_ln, red_ln = out["coredit_local_nearest"]
         assert torch.equal(red_ln, red_co)
         y_td, red_td = out["tome_drop"]
-        y_tm, red_tm = out["tome"]
+        y_tm, red_tm = out["tomesd"]
         assert torch.equal(red_td, red_tm)
+        assert torch.equal(y_tm, pruned_self_attention(attn, x, HW, 0.4, LAYOUT, 2, method="tomesd").out)
         for f in range(Fr):
             keep = [t for t in range(N) if not red_co[f, t]]
             ref_keep = dense_self_attention(attn, x[f:f + 1, keep])[0]
@@ -85,3 +93,52 @@ def test_mechanisms_against_loop_references():
                 torch.testing.assert_close(y_tm[f, t], y_tm[f, d])  # ... and in ToMe the averaged one's
             assert not torch.allclose(y_tm[f, merged], y_td[f, merged])  # averaging changes what they get
     assert local_differs  # the restriction to the cell matters for some token
+
+
+def test_probe_attaches_removably_and_splits_where_the_rows_are_known():
+    import coredit_video as cv
+    from tests.test_cross_view import build, inputs
+
+    model, inp = build(), inputs()
+    ctrl = cv.apply(model, dict(ratios=0.0))
+    before = [m.__dict__["forward"] for m in ctrl.modules]
+    probe = AttentionErrorProbe(ctrl, ["coredit", "coredit_kv", "tome"], [0.3], every=1,
+                                mechanisms={"copy_dense": lambda attn, x, geo: (dense_self_attention(attn, x), None)})
+    with torch.no_grad():
+        ref = model(**inp)
+        assert probe.apply() is probe.apply() and probe.applied  # idempotent
+        assert all(m.__dict__["forward"] is not b for m, b in zip(ctrl.modules, before))
+        assert torch.equal(model(**inp), ref)  # the generation stays dense
+    assert probe.remove() and not probe.remove()
+    assert [m.__dict__["forward"] for m in ctrl.modules] == before  # the controller's own patches, the same objects
+    assert probe.calls == len(ctrl.modules) and probe.energy > 0
+    rows = {r["name"]: r for r in probe.rows()}
+    co = rows["coredit"]
+    assert co["error_reduced_rows"] + co["error_attending_rows"] == pytest.approx(co["error"])
+    assert co["error_reduced_rows"] > co["error_attending_rows"] > 0 and 0.2 < co["reduced_fraction"] < 0.4
+    assert rows["coredit_kv"]["reduced_fraction"] == 0.0  # every query attends
+    assert rows["tome"]["error_reduced_rows"] is None and rows["tome"]["error"] > 0  # no rows rule given
+    assert rows["copy_dense"]["error"] == 0.0 and rows["copy_dense"]["reduced_fraction"] is None
+    assert probe.errors()[("coredit", 0.3)] == pytest.approx(100 * co["error"])
+    with pytest.raises(ValueError, match="registered method's name"):
+        AttentionErrorProbe(ctrl, ["tome"], [0.3], mechanisms={"tome": None})
+    with probe:  # the controller removed meanwhile: its modules stay unpatched
+        cv.remove(model)
+    assert all("forward" not in m.__dict__ for m in ctrl.modules)
+
+
+def test_tool_and_front_measure_the_same_error(tmp_path):
+    """One sampling setting: the tool's total error of a registered method at a ratio is the front's attn_error."""
+    from coredit_video.front import FrontSettings, run_front
+
+    rc = tool.main(["--scenes", "1", "--sampling-steps", "2", "--ratios", "0.3", "--methods", "",
+                    "--out", str(tmp_path / "probe")])
+    assert rc == 0
+    got = {r["mechanism"]: r for r in json.loads((tmp_path / "probe" / "probe.json").read_text())["rows"]}
+    assert set(got) == set(tool.MECHANISMS) and got["coredit"]["error"] > 0
+    run_front(FrontSettings(seeds=(0,), scenes=1, probe_scenes=1, sampling_steps=2, methods=("coredit",),
+                            probe_methods=("tomesd",), ratios=(0.3,), out=str(tmp_path / "front")), progress=False)
+    front = {e["method"]: e["attn_error"]
+             for e in json.loads((tmp_path / "front" / "attn_error_seed0.json").read_text())}
+    for m in ("coredit", "tomesd"):
+        assert 100 * got[m]["error"] == pytest.approx(front[m], rel=1e-12, abs=0), m
