@@ -349,6 +349,21 @@ def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> Optional[
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
 
 
+def family_wins(rows: List[dict], family: Sequence[str], theirs: str, seed: int,
+                cost: str = "cost_flops") -> Tuple[int, int]:
+    """At each of ``theirs``' points, is the best point of any ``family`` line that costs at most as much at or above
+    it? Returns ``(wins, points)``; a point cheaper than every family point is a loss."""
+    ours = [(r[cost], r["fidelity_PSNR"]) for r in rows if r["method"] in family and r["seed"] == seed
+            and r.get(cost) is not None and r.get("fidelity_PSNR") is not None]
+    points = [(r[cost], r["fidelity_PSNR"]) for r in rows if r["method"] == theirs and r["seed"] == seed
+              and r.get(cost) is not None and r.get("fidelity_PSNR") is not None]
+    wins = 0
+    for c, p in points:
+        best = max((q for oc, q in ours if oc <= c + 1e-12), default=None)
+        wins += int(best is not None and best >= p)
+    return wins, len(points)
+
+
 def equal_cost_wins(rows: List[dict], ours: str, theirs: str, seed: int, cost: str = "time_ratio") -> Tuple[int, int]:
     """At each of ``theirs``' points, is ``ours``' fidelity (interpolated along its line at equal ``cost``) at or
     above? A point outside ours' cost range is decided only where one side dominates: costlier than all of ours, it

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from coredit_video.front import (FrontLine, FrontSettings, equal_cost_wins, interpolate, parse_line,
+from coredit_video.front import (FrontLine, FrontSettings, equal_cost_wins, family_wins, interpolate, parse_line,
                                  run_cost_flops, split_line, flops_ratio)
 from tests.dist.common import load_tool
 
@@ -39,6 +39,16 @@ def test_equal_cost_wins_counts_points_inside_our_cost_range_and_dominated_ones_
     rows.append(dict(method="them", seed=0, time_ratio=0.1, fidelity_PSNR=45.0))  # cheaper and better: a loss
     rows.append(dict(method="them", seed=0, time_ratio=1.0, fidelity_PSNR=55.0))  # costlier, better: undecided
     assert equal_cost_wins(rows, "ours", "them", 0) == (2, 5)
+
+
+def test_family_wins_take_the_best_family_point_at_or_below_each_cost():
+    rows = [dict(method="a", seed=0, cost_flops=0.5, fidelity_PSNR=40.0),
+            dict(method="b", seed=0, cost_flops=0.8, fidelity_PSNR=50.0)]
+    rows += [dict(method="them", seed=0, cost_flops=c, fidelity_PSNR=p) for c, p in [(0.4, 30.0), (0.6, 39.0),
+                                                                                      (0.9, 51.0), (0.8, 50.0)]]
+    # 0.4: no family point that cheap (loss); 0.6: a's 40 >= 39 (win); 0.9: b's 50 < 51 (loss); 0.8: tie (win)
+    assert family_wins(rows, ["a", "b"], "them", 0) == (2, 4)
+    assert family_wins(rows, ["a"], "them", 0) == (1, 4)
 
 
 def test_settings_are_validated():

@@ -178,13 +178,25 @@ def main(argv=None, host_factory=None) -> int:
         vs = [m for m in theirs if cost == "cost_flops" or m != "fewer_steps"]
         if vs and any(r.get(cost) is not None for r in rows):
             md += [win_table(rows, list(s.seeds), ours, vs, cost), ""]
+    from coredit_video.front import family_wins
+
+    for cost in ("cost_flops", "cost_time"):
+        if ours and theirs and any(r.get(cost) is not None for r in rows):
+            md += [f"The CoReDiT family (every `coredit*` line: any rule, scope, cache or step count) at equal "
+                   f"{cost}: at each of the other line's points, is the best family point that costs at most as "
+                   "much at or above it?", "",
+                   "| vs | " + " | ".join(f"seed {sd}" for sd in s.seeds) + " |", "|---|" + "---|" * len(s.seeds)]
+            md += ["| " + t + " | " + " | ".join("{} of {}".format(*family_wins(rows, ours, t, sd, cost))
+                                                 for sd in s.seeds) + " |" for t in theirs]
+            md.append("")
     md += ["| method | ratio | seed | fidelity PSNR | SSIM | attn error % | FLOPs / dense | time / dense | steps | "
-           "whole-run FLOPs / dense |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "whole-run FLOPs / dense | whole-run time / dense |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
         md.append(f"| {r['method']} | {r['ratio']:.1f} | {r['seed']} | {fmt(r['fidelity_PSNR'], 2)} | "
                   f"{fmt(r['fidelity_SSIM'], 4)} | {fmt(r['attn_error'], 2)} | {fmt(r['flops_ratio'], 3)} | "
-                  f"{fmt(r['time_ratio'], 3)} | {r.get('steps', '-')} | {fmt(r.get('cost_flops'), 3)} |")
+                  f"{fmt(r['time_ratio'], 3)} | {r.get('steps', '-')} | {fmt(r.get('cost_flops'), 3)} | "
+                  f"{fmt(r.get('cost_time'), 3)} |")
     with open(os.path.join(args.out, "front.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
