@@ -178,12 +178,18 @@ def builtin_host(s: FrontSettings) -> FrontHost:
                      generate=run, fidelity=frame_fidelity)
 
 
+# Hosts other than the built-in one, as "package.module:function" (imported when used: the integration builds on this
+# module, so a static import here would be a cycle)
+FRONT_HOST_BUILDERS = {"magicdrive_v2": "coredit_video.integrations.magicdrive_front:magicdrive_front_host"}
+
+
 def open_host(s: FrontSettings) -> FrontHost:
     """The :class:`FrontHost` of ``s.host``."""
-    if s.host == "magicdrive_v2":
-        from .integrations.magicdrive_front import magicdrive_front_host
+    if s.host in FRONT_HOST_BUILDERS:
+        import importlib
 
-        return magicdrive_front_host(s)
+        module, fn = FRONT_HOST_BUILDERS[s.host].split(":")
+        return getattr(importlib.import_module(module), fn)(s)
     return builtin_host(s)
 
 
@@ -456,7 +462,8 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
                     n += 1
             r = round(1 - k / N, 4)
             row = dict(method=FEWER_STEPS, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
-                       attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=host.label, cost_flops=k / N)
+                       attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=host.label, cost_flops=k / N,
+                       step_ratios=[0.0] * k)
             done[(FEWER_STEPS, r, seed)] = row
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
