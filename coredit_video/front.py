@@ -79,14 +79,10 @@ class FrontSettings:
                              f"(scopes: {list(SCOPES)})")
         if self.host not in FRONT_HOSTS:
             raise ValueError(f"unknown front host {self.host!r}; choose from {list(FRONT_HOSTS)}")
-        if self.host == "builtin":
-            bad = [r for r in self.ratios if not 0.0 < float(r) < 1.0]
-            if bad:
-                raise ValueError(f"ratios must be in (0, 1), got {bad}")
-        else:  # ratio 0: the dense model through the line's own path, a check that its row is exact
-            bad = [r for r in self.ratios if not 0.0 <= float(r) < 1.0]
-            if bad:
-                raise ValueError(f"ratios must be in [0, 1), got {bad}")
+        zero_ok = self.host != "builtin"  # ratio 0: the dense model through the line's own path (its row is exact)
+        bad = [r for r in self.ratios if not (0.0 < float(r) < 1.0 or zero_ok and float(r) == 0.0)]
+        if bad:
+            raise ValueError(f"ratios must be in {'[0, 1)' if zero_ok else '(0, 1)'}, got {bad}")
         no_block = [m for m in self.methods if split_line(m)[1] == "block"
                     and not REGISTRY[split_line(m)[0]].supports_block_scope]
         if no_block:
@@ -114,7 +110,10 @@ class FrontSettings:
             raise ValueError(f"{bad_probe}: the attention-error probe measures plain METHOD or METHOD@block lines")
 
 
-FRONT_HOSTS = ("builtin", "magicdrive_v2")
+# Hosts other than the built-in one, as "package.module:function" (imported when used: the integration builds on this
+# module, so a static import here would be a cycle)
+FRONT_HOST_BUILDERS = {"magicdrive_v2": "coredit_video.integrations.magicdrive_front:magicdrive_front_host"}
+FRONT_HOSTS = ("builtin", *FRONT_HOST_BUILDERS)
 HOST_FIELDS = ("host", "ckpt", "latents")  # settings of the host seam (not in a builtin front.json's settings)
 
 
@@ -176,11 +175,6 @@ def builtin_host(s: FrontSettings) -> FrontHost:
 
     return FrontHost(label=s.config, model=model, prune=tcfg.prune, num_steps=rflow.num_sampling_steps,
                      generate=run, fidelity=frame_fidelity)
-
-
-# Hosts other than the built-in one, as "package.module:function" (imported when used: the integration builds on this
-# module, so a static import here would be a cycle)
-FRONT_HOST_BUILDERS = {"magicdrive_v2": "coredit_video.integrations.magicdrive_front:magicdrive_front_host"}
 
 
 def open_host(s: FrontSettings) -> FrontHost:
@@ -312,8 +306,7 @@ def row_cost_time(row: dict, table: Dict[str, Tuple[List[float], List[float]]], 
     if row["method"] == FEWER_STEPS:
         return k / num_steps
     p = parse_line(row["method"])
-    line = p.method + ("" if p.scope == "attention" else f"@{p.scope}") + (
-        (CACHE_ALL_SUFFIX if p.context == "all" else CACHE_SUFFIX) if p.cache else "")
+    line = row["method"].partition("/")[0]  # a composition METHOD/k is timed per step as METHOD
     if line not in table:
         return None
     per_step = row.get("step_ratios")
@@ -419,9 +412,6 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             done[(r["method"], round(r["ratio"], 4), r["seed"])] = r
     times = bench_time_ratios(s.bench_json, s.bench_resolution)
 
-    def run(seed: int, i: int, ctrl=None, steps: Optional[int] = None):
-        return host.generate(seed, i, ctrl, steps)
-
     for seed in [] if s.render_only else s.seeds:
         N = host.num_steps
         todo = [(m, float(r)) for m in s.methods for r in s.ratios if (m, round(float(r), 4), seed) not in done]
@@ -444,7 +434,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
         for i in tqdm(range(s.scenes), desc=f"dense seed {seed}", disable=not progress):
             if i == s.probe_scenes:
                 probe.remove()  # the remaining dense scenes without the probe
-            dense[i] = run(seed, i, ctrl)
+            dense[i] = host.generate(seed, i, ctrl)
         probe.remove()
         remove(model)
         if missing:
@@ -455,7 +445,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
         for k in tqdm(fewer, desc=f"fewer steps seed {seed}", disable=not progress):
             p_sum, s_sum, n = 0.0, 0.0, 0
             for i in range(s.scenes):
-                for a, b in zip(run(seed, i, None, k), dense[i]):
+                for a, b in zip(host.generate(seed, i, None, k), dense[i]):
                     p, q = host.fidelity(a, b)
                     p_sum += p
                     s_sum += q
@@ -476,7 +466,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             n = 0
             realized: List[Tuple[int, int, float]] = []
             for i in range(s.scenes):
-                frames = run(seed, i, ctrl, k)
+                frames = host.generate(seed, i, ctrl, k)
                 if ctrl.step_cache is not None:
                     realized += ctrl.step_cache.realized
                 for a, b in zip(frames, dense[i]):
@@ -533,7 +523,7 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
               ("cost_time", "whole sampling run: measured time / dense run (XL width, per-step times combined)"),
               ("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
               ("flops_ratio", "one forward: counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
-    panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)] or panels[1:]
+    panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)] or panels[2:]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     axes = list(axes[0])
     for ax, (cost, label) in zip(axes, panels):

@@ -43,19 +43,15 @@ def variant_cfg(line: str, ratio: float, n_blocks: int) -> dict:
 
 def time_variant(model, inputs, cfg, sync) -> float:
     """Seconds of one main-phase step of ``model`` patched by ``cfg`` (``None``: dense); a step-cache variant runs
-    one untimed step first (which fills its cache)."""
+    one untimed step first (``bench_e2e.start_step``: it fills the cache)."""
     import torch
 
     import coredit_video as cv
+    from bench_e2e import start_step
 
-    ctrl = cv.apply(model, cfg) if cfg is not None else None
+    ctrl = start_step(model, cfg, inputs) if cfg is not None else None
     try:
         with torch.no_grad():
-            if ctrl is not None:
-                ctrl.set_step(0, 30)
-                if ctrl.step_cache is not None:
-                    model(**inputs)
-                    ctrl.set_step(1, 30)
             sync()
             t0 = time.perf_counter()
             model(**inputs)

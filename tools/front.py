@@ -96,7 +96,7 @@ def magicdrive_setup(args) -> None:
 def main(argv=None, host_factory=None) -> int:
     """``host_factory(settings) -> FrontHost``: a host built by the caller (tests); default from the settings."""
     from coredit_video.cli import UsageError, load_train_config
-    from coredit_video.front import FRONT_HOSTS, FRONT_METHODS, FRONT_RATIOS, FrontSettings, run_front
+    from coredit_video.front import FRONT_HOSTS, FRONT_METHODS, FRONT_RATIOS, FrontSettings, family_wins, run_front
 
     from coredit_video.cli import ArgumentParser
 
@@ -178,8 +178,6 @@ def main(argv=None, host_factory=None) -> int:
         vs = [m for m in theirs if cost == "cost_flops" or m != "fewer_steps"]
         if vs and any(r.get(cost) is not None for r in rows):
             md += [win_table(rows, list(s.seeds), ours, vs, cost), ""]
-    from coredit_video.front import family_wins
-
     for cost in ("cost_flops", "cost_time"):
         if ours and theirs and any(r.get(cost) is not None for r in rows):
             md += [f"The CoReDiT family (every `coredit*` line: any rule, scope, cache or step count) at equal "

@@ -138,7 +138,7 @@ class Renderer:
             labels = [tr.label for tr in scene.tracks]
             for c in range(nc):
                 img, idb = bg[c], ids[c, j]
-                dist = self.distance[c].copy()
+                dist = self.distance[c].copy() if look is not None else None  # for the look's fog
                 r, tc = self.E[c, :3, :3], self.E[c, :3, 3]
                 cam_corners = (corners - tc) @ r  # [M, 8, 3] camera frame
                 cam_faces = (face_c - tc) @ r
@@ -148,7 +148,7 @@ class Renderer:
                     if np.all(cam_corners[k, :, 2] < NEAR):
                         continue
                     base = CLASS_COLOR_ARRAY[labels[k]] * (1.0 if look is None else look.box_gain[k % 64])
-                    box_dist = float(np.linalg.norm(centers[k] - tc))
+                    box_dist = float(np.linalg.norm(centers[k] - tc)) if dist is not None else None
                     for f in range(6):
                         if np.dot(cam_normals[k, f], cam_faces[k, f]) >= 0:  # back face
                             continue
@@ -164,7 +164,8 @@ class Renderer:
                         win = (slice(v0, v0 + mask.shape[0]), slice(u0, u0 + mask.shape[1]))
                         img[win][mask] = base * shade[k, f]
                         idb[win][mask] = k
-                        dist[win][mask] = box_dist
+                        if dist is not None:
+                            dist[win][mask] = box_dist
                         silhouette[j, k] += int(mask.sum())
                 if look is not None:
                     img = look.finish(img, dist, np.random.default_rng([look.seed, t, c]))
