@@ -519,10 +519,11 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
     except ImportError:
         return None
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    panels = [("cost_flops", "whole sampling run: counted FLOPs / dense run (XL 848x1600, every step)"),
-              ("cost_time", "whole sampling run: measured time / dense run (XL width, per-step times combined)"),
-              ("time_ratio", "measured time / dense (XL 848x1600, spatial self-attention, forward)"),
-              ("flops_ratio", "one forward: counted FLOPs / dense (XL 848x1600, whole model, overhead included)")]
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")  # one colour per line
+    panels = [("cost_flops", "whole sampling run: counted FLOPs / dense run\n(XL 848x1600, every step)"),
+              ("cost_time", "whole sampling run: measured time / dense run\n(XL width, per-step times combined)"),
+              ("time_ratio", "measured time / dense\n(XL 848x1600, spatial self-attention, forward)"),
+              ("flops_ratio", "one forward: counted FLOPs / dense\n(XL 848x1600, whole model, overhead included)")]
     panels = [p for p in panels if any(r.get(p[0]) is not None for r in rows)] or panels[2:]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     axes = list(axes[0])
@@ -542,7 +543,7 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
                 mean.append(sum(ys) / len(ys))
                 lo.append(min(ys))
                 hi.append(max(ys))
-            color = plt.get_cmap("tab10")(methods.index(m) % 10)
+            color = palette(methods.index(m) % palette.N)
             ax.plot(xs, mean, marker="o", label=m, color=color, lw=2.2 if m.startswith("coredit") else 1.4,
                     ls=":" if "@block" in m else "-" if m.startswith("coredit") else "--")
             if m == FEWER_STEPS:  # each point is a step count
@@ -555,13 +556,16 @@ def plot_front(rows: List[dict], path: str) -> Optional[str]:
         missing = [m for m in methods if not any(r["method"] == m and r.get(cost) is not None for r in rows)]
         if missing:
             ax.text(0.01, 0.01, f"not measured: {', '.join(missing)}", fontsize=7, transform=ax.transAxes)
-    legend_at = ("lower right", "lower right", "lower right", "upper left")  # where the rising lines leave room
-    for ax, loc in zip(axes, legend_at):
-        if ax.lines:
-            ax.legend(fontsize=8, loc=loc)
-    fig.suptitle("Training-free quality against cost (ratios 0.1 ... 0.6, fewer steps labelled by step count; "
+    handles = {}  # one legend beside the panels, where it hides no line
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=8, loc="center right")
+    ratios = ", ".join(f"{x:g}" for x in sorted({r["ratio"] for r in rows if r["method"] != FEWER_STEPS}))
+    fig.suptitle(f"Training-free quality against cost (ratios {ratios}; fewer steps labelled by step count; "
                  "band: range over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.9 if handles else 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
