@@ -28,8 +28,7 @@ import torch
 import torch.nn as nn
 
 from .attention import dense_self_attention, pruned_self_attention
-from .methods import BlockGeometry, CallGeometry, build_method
-from .ops import band_budgets
+from .methods import CallGeometry, build_method
 
 # mechanism(attn, x [F, N, C], geo) -> (y [F, N, C], reduced [F, N] bool, or None when it does not say)
 Mechanism = Callable[[nn.Module, torch.Tensor, CallGeometry], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -49,12 +48,6 @@ class _Sums:
     reduced: int = 0
     rows: int = 0
     split: bool = True
-
-
-def call_geometry(hw: Tuple[int, int], ratio: float, block: BlockGeometry, bands: int) -> CallGeometry:
-    """One call's geometry at ``ratio`` with its per-band skip budgets (as the patched attention computes them)."""
-    budgets = band_budgets(hw, ratio, block.stride, block.ordinal, bands)
-    return CallGeometry(tuple(hw), ratio, block, bands, tuple(budgets))
 
 
 class AttentionErrorProbe:
@@ -122,8 +115,6 @@ class AttentionErrorProbe:
         self._saved, self._forwards = None, []
         return True
 
-    attach = apply  # the earlier name (``coredit_video.front.AttentionErrorProbe.attach``)
-
     def __enter__(self) -> AttentionErrorProbe:
         return self.apply()
 
@@ -165,7 +156,7 @@ class AttentionErrorProbe:
         if ((self.calls - 1) // len(ctrl.modules)) % self.every:
             return y
         self.energy += float(y.float().pow(2).sum())
-        geos = [call_geometry(ctrl.context.hw, r, ctrl.geometries[ordinal], ctrl.bands) for r in self.ratios]
+        geos = [CallGeometry.of(ctrl.context.hw, r, ctrl.geometries[ordinal], ctrl.bands) for r in self.ratios]
         for name in self.names:
             for r, geo in zip(self.ratios, geos):
                 y_hat, reduced = self.output(name, attn, x, geo, dense=y)
@@ -217,4 +208,4 @@ class _ProbeForward:
         return self.probe(self.ordinal, self.attn, x)
 
 
-__all__ = ["AttentionErrorProbe", "Mechanism", "RowsRule", "call_geometry"]
+__all__ = ["AttentionErrorProbe", "Mechanism", "RowsRule"]

@@ -26,7 +26,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from . import kernels
+from .attention.pruned import call_scores, reduce_call
 from .execution import rank_call, sp_size_of
 from .methods import Reduced, Selection, gather_tokens
 from .step_cache import captured_branches, full_context_attention, regate, split_gated, stale_first_selection
@@ -54,14 +54,13 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     call = rank_call(controller, ordinal, frames, "block")
     geo, method = call.geo, controller.method
     forward = type(block).forward
-    sc = None
-    if geo.skipped or controller.collecting_stats:  # the schedule's statistics are recorded at ratio 0 too
-        sc = kernels.spatial_coherence(frames, geo.hw, geo.block.grid, geo.bands)
-    if controller.collecting_stats:
-        controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
     cache = controller.step_cache
     slot = call.ctx.slot if cache is not None else None
     entry = cache.get(slot, ordinal, frames) if slot is not None else None
+    stale_first = geo.skipped > 0 and entry is not None  # the cache's selection reads the scores too
+    sc = call_scores(frames, geo, method, stats=controller.collecting_stats, needed=stale_first)
+    if controller.collecting_stats:
+        controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
     cfg = controller.cfg
     gated = slot is not None and cfg.cache_form == "gated"
     every = slot is not None and cfg.cache_context == "all"
@@ -91,8 +90,7 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
             group=controller.sp_group if call.counts is not None else None, change=change)
         sel, red = Selection(keep, skip, sc), Reduced(gather_tokens(frames, keep))
     else:
-        sel = method.select(frames, geo, sc)
-        red = method.reduce(frames, sel, geo)
+        sel, red = reduce_call(frames, geo, method, sc)
     kept = red.q  # [BN*T, S', C]
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))

@@ -1,6 +1,6 @@
 """The handle ``apply`` returns: it controls. Prunable blocks in plan order and their ratios, the denoising phase,
 coherence statistics for the schedule, and pruning plans (JSON). What one forward prunes with lives in
-:mod:`.forward_context`, the host's hooks in :mod:`.hooks`, and what one call of a patched attention runs in
+:mod:`.forward_context` with the host's hooks, and what one call of a patched attention runs in
 :mod:`.execution`."""
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .config import PruneConfig
-from .forward_context import ForwardContext, ForwardTracker
-from .hooks import HookBinding
+from .forward_context import ForwardContext, ForwardTracker, HookBinding
 from .methods import BlockGeometry, CallGeometry, build_method
 from .ops import redundancy_increment
 from .ops.selection import check_ratio

@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from . import kernels
-from .attention import pruned_cross_view_attention, pruned_self_attention
+from .attention import call_scores, pruned_cross_view_attention, pruned_self_attention
 from .attention.backends import attn_dropout
 from .attention.cross_view import Attend, local_cross_view_attend
 from .forward_context import ForwardContext
@@ -66,12 +65,12 @@ def rank_call(controller, ordinal: int, x: torch.Tensor, what: str) -> RankCall:
     if budgets is None:
         budgets = ctx.budgets[(ordinal, ratio)] = band_budgets(ctx.hw, ratio, block.stride, block.ordinal, bands)
     if P == 1:
-        return RankCall(ctx, CallGeometry(ctx.hw, ratio, block, bands, tuple(budgets)), None)
+        return RankCall(ctx, CallGeometry.of(ctx.hw, ratio, block, bands, budgets), None)
     rank, h, per_rank = dist.get_rank(controller.sp_group), H // P, bands // P
     counts = [h * W - sum(budgets[j * per_rank:(j + 1) * per_rank]) for j in range(P)]
     local = replace(block, ordinal=block.ordinal - rank * h)
     mine = tuple(budgets[rank * per_rank:(rank + 1) * per_rank])
-    return RankCall(ctx, CallGeometry((h, W), ratio, local, per_rank, mine), counts)
+    return RankCall(ctx, CallGeometry.of((h, W), ratio, local, per_rank, mine), counts)
 
 
 def run_self_attention(controller, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +111,7 @@ def run_cross_view(controller, ordinal: int, attn: nn.Module, x: torch.Tensor, c
                                "self-attention chose its tokens (cross_view_select='self')")
     else:
         first = x.index_select(0, pairs.first)
-        sel = method.select(first, geo, kernels.spatial_coherence(first, geo.hw, geo.block.grid, geo.bands))
+        sel = method.select(first, geo, call_scores(first, geo, method, needed=True))
     restore = lambda y, xq, sel_q: method.restore_cross_view(y, xq, sel_q, geo)  # noqa: E731
     return pruned_cross_view_attention(attn, x, cond, pairs, sel, controller.cfg.cross_view, geo.hw, geo.block,
                                        geo.bands, cross_view_attend(controller, attn, call, pairs.kv.shape[1]),

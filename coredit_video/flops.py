@@ -1002,7 +1002,6 @@ def _report(q: FlopsQuery, costs: _FrameCosts, blocks: Sequence[_BlockCount]) ->
         "pruned_total": pruned_total,
         "saved_total": dense_total - pruned_total,
         "overhead_flops": overhead,
-        "pruning_overhead": overhead,
         "overhead_terms": _overhead_terms(q, blocks),
         "self_attention_dense": sa_dense,
         "self_attention_pruned": sa_pruned,
@@ -1068,7 +1067,7 @@ def count_flops(
         A JSON-serialisable dict: ``units``; ``inputs``; ``method``; ``scope``; ``kinds`` ``{kind: {dense,
         pruned, saved, reduction}}`` over ``KINDS``; ``dense_total``, ``pruned_total``, ``saved_total``,
         ``overhead_flops`` (the method's own work over the whole forward, included in ``pruned_total``),
-        ``pruning_overhead`` (the same number, older name), ``overhead_terms`` (it by named term) (FLOPs);
+        ``overhead_terms`` (it by named term) (FLOPs);
         ``self_attention_reduction``, ``cross_view_reduction`` and ``total_reduction`` (fractions saved,
         ``(dense - pruned) / dense``, positive = saved, net of the overhead); ``blocks``, one entry per
         prunable block. All FLOPs are ints; ``kinds`` sum to the totals exactly.

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .ops.partition import check_frame, forced_mask
-from .ops.tables import cached, on_device
+from .ops.partition import cached, on_device
 
 CACHE_SELECT = ("coherence", "staleness", "random", "change")
 CACHE_FORMS = ("residual", "gated")

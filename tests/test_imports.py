@@ -37,7 +37,7 @@ def package_imports():
 
 
 # The plugin: what ``cv.apply`` runs inside a host ("" is the package's ``__init__``).
-PLUGIN = ("", "adapters", "attention", "config", "controller", "execution", "flops", "forward_context", "hooks",
+PLUGIN = ("", "adapters", "attention", "config", "controller", "execution", "flops", "forward_context",
           "kernels", "methods", "ops", "parallel", "plan", "plugin", "registry", "schedule")
 
 

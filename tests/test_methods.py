@@ -538,6 +538,24 @@ def test_plugin_cross_view_qkv_only_for_methods_that_support_it(host, name):
         cv.remove(model)
 
 
+def test_a_fine_tuning_config_refuses_a_method_that_passes_no_gradients():
+    from coredit_video.methods import REGISTRY, register
+    from coredit_video.methods.coredit import CoReDiT
+    from coredit_video.training.config import build_train_config
+
+    class Frozen(CoReDiT):
+        name, trainable = "frozen_rule", False
+
+    register(Frozen)
+    try:
+        base = dict(work_dir="w", model={}, data={})
+        assert build_train_config(dict(base, prune=dict(method="coredit"))).prune.method == "coredit"
+        with pytest.raises(ValueError, match=r"frozen_rule.*cannot be fine-tuned.*'coredit'"):
+            build_train_config(dict(base, prune=dict(method="frozen_rule")))
+    finally:
+        REGISTRY.pop("frozen_rule", None)
+
+
 def test_a_method_registered_at_run_time_runs_everywhere_the_table_reaches():
     """A new method is one class and one registry line: a renamed subclass of coredit_merge, registered now, runs
     through apply, count_flops (the same total as the class it renames), the front's cost and the probe."""
@@ -570,7 +588,7 @@ def test_a_method_registered_at_run_time_runs_everywhere_the_table_reaches():
             cv.apply(model, dict(ratios=0.0))
             ctrl = cv.get_controller(model)
             probe = AttentionErrorProbe(ctrl, ["my_merge", "coredit_merge"], [0.3], temperature=0.05)
-            probe.attach()
+            probe.apply()
             model(**inp)
             err = probe.errors()
             assert err[("my_merge", 0.3)] == err[("coredit_merge", 0.3)] > 0

@@ -8,7 +8,8 @@ import torch
 
 from coredit_video.attention import BlockGeometry, pruned_self_attention
 from coredit_video.attention.backends import dense_self_attention
-from coredit_video.attention_probe import AttentionErrorProbe, call_geometry
+from coredit_video.attention_probe import AttentionErrorProbe
+from coredit_video.methods import CallGeometry
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets
 from coredit_video.ops.partition import partition
@@ -35,7 +36,7 @@ def _cos(a, b):
 def _outputs(ratio, methods=()):
     attn, x = _setup()
     with torch.no_grad():
-        return attn, x, tool.build_probe(None, [ratio], methods).outputs(attn, x, call_geometry(HW, ratio, LAYOUT, 2))
+        return attn, x, tool.build_probe(None, [ratio], methods).outputs(attn, x, CallGeometry.of(HW, ratio, LAYOUT, 2))
 
 
 def test_ratio_zero_is_dense_for_every_mechanism():

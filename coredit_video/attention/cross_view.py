@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from .backends import attention, attn_dropout, output_projection, split_qkv_heads
 from ..kernels import reconstruct
-from ..methods.base import BlockGeometry, Selection, gather_tokens
+from ..methods.base import Selection
+from ..ops.selection import BlockGeometry, gather_tokens
 
 # attend(q, k, v, q_pruned) -> o; all [rows, tokens, heads, head_dim]
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]

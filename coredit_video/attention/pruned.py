@@ -8,18 +8,19 @@ For ``x [F, N, C]`` (``F`` = batch x views x frames, ``N = H*W`` of this rank):
 4. ``y = attend(attn, red)``                ``proj(MHSA(qkv(.)))`` on the reduced tokens only
 5. ``out = method.restore(y, x, plan, red, geo)``  ``[F, N, C]``, e.g. eq. 3
 
-It returns what the caller needs (:class:`~coredit_video.methods.AttentionResult`) and calls nothing back.
+It returns what the caller needs (:class:`~coredit_video.methods.AttentionResult`) and calls nothing back. Steps 1-3
+are :func:`call_scores` and :func:`reduce_call`, which block scope (:mod:`coredit_video.block_scope`) and the
+cross-view attention's own selection run too: scoring happens here only.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from .. import kernels
 from ..methods import AttentionResult, BlockGeometry, CallGeometry, Reduced, TokenReducer, build_method
-from ..ops import band_budgets
 from .backends import dense_self_attention
 
 # attend(attn, reduced) -> [F, Nq, C]: the host's MHSA on the reduced tokens
@@ -29,6 +30,23 @@ Attend = Callable[[nn.Module, Reduced], torch.Tensor]
 def local_attend(backend: str = "auto") -> Attend:
     """MHSA on this process's tokens (no sequence parallelism)."""
     return lambda attn, red: dense_self_attention(attn, red.q, backend, red.kv, red.log_size)
+
+
+def call_scores(x: torch.Tensor, geo: CallGeometry, reducer: TokenReducer, stats: bool = False,
+                needed: bool = False) -> Optional[torch.Tensor]:
+    """Step 1: ``sc [F, N]`` float32 for ``x [F, N, C]``, when the schedule's statistics ask (``stats``, also at
+    ratio 0), the method reads them on a call that skips, or the caller needs them (``needed``); else ``None``."""
+    if stats or needed or (geo.skipped and reducer.uses_scores):
+        return kernels.spatial_coherence(x, geo.hw, geo.block.grid, geo.bands)
+    return None
+
+
+def reduce_call(x: torch.Tensor, geo: CallGeometry, reducer: TokenReducer,
+                sc: Optional[torch.Tensor]) -> Tuple[Any, Reduced]:
+    """Steps 2-3 on a call that skips: the method's plan for ``x [F, N, C]`` and what attention (or, in block
+    scope, the whole block) runs on."""
+    plan = reducer.select(x, geo, sc)
+    return plan, reducer.reduce(x, plan, geo)
 
 
 def pruned_self_attention(
@@ -55,16 +73,11 @@ def pruned_self_attention(
         raise ValueError(f"self-attention input must be [F, N, C], got {tuple(x.shape)}")
     reducer = build_method(method) if isinstance(method, str) else method
     attend = attend or local_attend(backend)
-    if budgets is None:
-        budgets = band_budgets(hw, ratio, geometry.stride, geometry.ordinal, bands)
-    geo = CallGeometry(tuple(hw), ratio, geometry, bands, tuple(budgets))
-    sc = None
-    if scores or (geo.skipped and reducer.uses_scores):
-        sc = kernels.spatial_coherence(x, hw, geometry.grid, bands)
-    stats = sc.detach() if (scores and sc is not None) else None
+    geo = CallGeometry.of(hw, ratio, geometry, bands, budgets)
+    sc = call_scores(x, geo, reducer, stats=scores)
+    stats = sc.detach() if scores else None
     if geo.skipped == 0:
         return AttentionResult(attend(attn, Reduced(x)), None, stats)
-    plan = reducer.select(x, geo, sc)
-    red = reducer.reduce(x, plan, geo)
+    plan, red = reduce_call(x, geo, reducer, sc)
     out = reducer.restore(attend(attn, red), x, plan, red, geo)
     return AttentionResult(out, plan if reducer.supports_cross_view else None, stats)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .. import ops
-from ..ops.tables import is_compiling
+from ..ops.partition import is_compiling
 
 MODES = ("auto", "torch", "triton")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)

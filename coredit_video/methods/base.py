@@ -19,32 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-
-@dataclass(frozen=True)
-class BlockGeometry:
-    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
-
-    ordinal: int
-    grid: Tuple[int, int]
-    subgrid: Tuple[int, int]
-    stride: int
-
-
-@dataclass(frozen=True)
-class CallGeometry:
-    """One self-attention call's frame geometry on this rank: ``hw`` (this rank's rows x ``W``), the effective
-    ``ratio``, the block's geometry (its m-stride pattern shifted into this rank's rows), this rank's ``bands``
-    and their skip ``budgets`` (one per band)."""
-
-    hw: Tuple[int, int]
-    ratio: float
-    block: BlockGeometry
-    bands: int
-    budgets: Tuple[int, ...]
-
-    @property
-    def skipped(self) -> int:
-        return sum(self.budgets)
+from ..ops.selection import BlockGeometry, CallGeometry, gather_tokens, scatter_rows  # noqa: F401 (the method API)
 
 
 @dataclass(frozen=True)
@@ -88,8 +63,9 @@ class TokenReducer:
     parallelism (its reduced queries and keys are equal per-rank counts of each rank's own bands).
     ``supports_cross_view``: its plan is a CoReDiT :class:`Selection` the block's cross-view attention may reuse.
     ``supports_block_scope``: its ``restore`` can rebuild a whole block's residual. ``trainable``: gradients
-    reach the host's weights through it. ``options``: the config fields its constructor takes. ``kv_only``: it
-    reduces the keys and values only (every query attends). ``block_residual``: in block scope the skipped tokens
+    reach the host's weights through it (a fine-tuning config naming a method that sets it ``False`` is refused).
+    ``options``: the config fields its constructor takes. ``kv_only``: it reduces the keys and values only (every
+    query attends). ``block_residual``: in block scope the skipped tokens
     receive a rebuilt residual (``False``: they are routed around the block).
 
     Its cost lives here too (``coredit_video.flops`` asks, per frame of one prunable block, FLOPs):
@@ -157,21 +133,3 @@ class TokenReducer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
-
-    One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
-    element-wise ``gather`` with an expanded index."""
-    Fr, N, C = x.shape
-    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
-    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
-
-
-def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
-    """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
-    Fr, _, C = y_keep.shape
-    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
-    out = y_keep.new_zeros(Fr * n, C)
-    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)

@@ -13,12 +13,11 @@ skipped keys are dropped and, in ``qkv`` mode, its skipped queries copy their ta
 merged there)."""
 from __future__ import annotations
 
-
 import torch
 
+from ..ops.cells import copy_restore, nearest_retained
 from .base import CallGeometry, Reduced, Selection, gather_tokens
 from .coredit import CoReDiT
-from .coredit_copy import copy_restore, nearest_retained
 
 
 class CoReDiTMerge(CoReDiT):
@@ -41,7 +40,7 @@ class CoReDiTMerge(CoReDiT):
         return terms
 
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
-        target, has = nearest_retained(x, sel, geo)
+        target, has = nearest_retained(x, sel.keep, sel.skip, geo)
         Fr, N, C = x.shape
         base = torch.arange(Fr, device=x.device).view(Fr, 1) * N
         dest = (torch.where(has, target, sel.skip) + base).reshape(-1)  # an unmerged token adds to its own row
@@ -56,9 +55,9 @@ class CoReDiTMerge(CoReDiT):
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Reduced,
                 geo: CallGeometry) -> torch.Tensor:
         target, has = red.state
-        return copy_restore(super().restore(y, x, sel, red, geo), sel, target, has)
+        return copy_restore(super().restore(y, x, sel, red, geo), sel.skip, target, has)
 
     def restore_cross_view(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> torch.Tensor:
         """Nothing was merged in the cross-view call: each skipped query copies its nearest retained cell-mate."""
-        target, has = nearest_retained(x, sel, geo)
-        return copy_restore(CoReDiT.restore(self, y, x, sel, None, geo), sel, target, has)
+        target, has = nearest_retained(x, sel.keep, sel.skip, geo)
+        return copy_restore(CoReDiT.restore(self, y, x, sel, None, geo), sel.skip, target, has)

@@ -11,10 +11,9 @@ from typing import Optional
 
 import torch
 
-from ..ops.cells import cell_similarity, to_cells, token_rows
+from ..ops.cells import cell_similarity, replace_skipped, retained_mask, to_cells, token_rows
 from .base import CallGeometry, Reduced, Selection
 from .coredit import CoReDiT
-from .coredit_copy import replace_skipped, retained_mask
 
 
 class CoReDiTSharp(CoReDiT):
@@ -36,7 +35,7 @@ class CoReDiTSharp(CoReDiT):
                 geo: CallGeometry) -> torch.Tensor:
         b = geo.block
         y_full = super().restore(y, x, sel, red, geo)  # eq. 3: retained rows exact, the fallback for empty cells
-        sim, members = cell_similarity(x, retained_mask(sel, x.shape[1]), geo.hw, b.grid, b.subgrid, geo.bands)
+        sim, members = cell_similarity(x, retained_mask(sel.keep, x.shape[1]), geo.hw, b.grid, b.subgrid, geo.bands)
         finite = torch.isfinite(sim)
         any_kept = finite.any(-1, keepdim=True)  # [F, n_sub, S, 1]: the cell holds a retained token
         w = torch.softmax(torch.where(any_kept, sim, torch.zeros_like(sim)) / self.temperature, dim=-1)
@@ -45,4 +44,4 @@ class CoReDiTSharp(CoReDiT):
         est_cells = w @ to_cells(y_full.to(acc), members)  # [F, n_sub, S, C]
         est = token_rows(est_cells, sel.skip, geo.hw, b.grid, b.subgrid, geo.bands).to(y.dtype)  # [F, K, C]
         has = token_rows(any_kept.squeeze(-1), sel.skip, geo.hw, b.grid, b.subgrid, geo.bands)  # [F, K]
-        return replace_skipped(y_full, sel, est, has)
+        return replace_skipped(y_full, sel.skip, est, has)

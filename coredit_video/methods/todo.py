@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops.partition import partition
-from ..ops.tables import on_device
+from ..ops.partition import on_device
 from .base import CallGeometry, Reduced, TokenReducer, gather_tokens
 
 

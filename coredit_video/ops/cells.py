@@ -1,5 +1,6 @@
 """Cell-local similarity: every token against the tokens of its own sub-grid cell. Linear in N (a cell holds at most
-``sh*sw`` tokens), the neighbourhood the restoration rules beyond eq. 3 look in."""
+``sh*sw`` tokens), the neighbourhood the restoration rules beyond eq. 3 look in; and what those rules share: each
+skipped token's nearest retained cell-mate, and replacing the skipped rows of an output."""
 from __future__ import annotations
 
 import functools
@@ -7,8 +8,8 @@ from typing import Tuple
 
 import torch
 
-from .partition import GridArg, as_pair, partition
-from .tables import cached, on_device
+from .partition import GridArg, as_pair, cached, on_device, partition
+from .selection import CallGeometry, gather_tokens
 
 
 @functools.lru_cache(maxsize=256)
@@ -29,7 +30,7 @@ def _cell_table(H: int, W: int, bands: int, grid: Tuple[int, int], subgrid: Tupl
 
 def cell_table(hw, grid: GridArg, subgrid: GridArg, bands: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     """``members [n_sub, S]``: the tokens of every sub-grid cell in ascending order, padded with ``N``; ``slot [N]``:
-    each token's position in its cell's row. CPU int64 (see :func:`~.tables.on_device`)."""
+    each token's position in its cell's row. CPU int64 (see :func:`~.partition.on_device`)."""
     return cached(_cell_table, int(hw[0]), int(hw[1]), bands, as_pair(grid, "grid"), as_pair(subgrid, "subgrid"))
 
 
@@ -69,3 +70,40 @@ def token_rows(cell_values: torch.Tensor, tokens: torch.Tensor, hw, grid: GridAr
 def to_cells(y: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     """``y [F, N, C]`` laid out by cell: ``[F, n_sub, S, C]`` (zeros on padding)."""
     return torch.cat([y, y.new_zeros(y.shape[0], 1, y.shape[2])], dim=1)[:, members]
+
+
+def retained_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
+    """``[F, n]`` bool: the retained tokens ``keep [F, n_keep]``."""
+    mask = torch.zeros(keep.shape[0], n, dtype=torch.bool, device=keep.device)
+    return mask.scatter_(1, keep, True)
+
+
+def nearest_retained(x: torch.Tensor, keep: torch.Tensor, skip: torch.Tensor,
+                     geo: CallGeometry) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each skipped token ``skip [F, K]`` of ``x [F, N, C]``: the most similar (cosine) retained token of its
+    sub-grid cell ``target [F, K]`` (ties: the lower index) and whether its cell holds one, ``has [F, K]``."""
+    b = geo.block
+    with torch.no_grad():
+        sim, members = cell_similarity(x.detach(), retained_mask(keep, x.shape[1]), geo.hw, b.grid, b.subgrid,
+                                       geo.bands)
+        rows = token_rows(sim, skip, geo.hw, b.grid, b.subgrid, geo.bands)  # [F, K, S]
+        best = rows.argmax(-1)
+        has = torch.isfinite(rows.max(-1).values)
+        sub = on_device(partition(geo.hw, b.grid, b.subgrid, geo.bands).sub, x.device)
+        cand = members[sub[skip]]  # [F, K, S] candidate tokens, ascending (padding N last)
+        target = cand.gather(2, best.unsqueeze(-1)).squeeze(-1)
+    return torch.where(has, target, torch.zeros_like(target)), has
+
+
+def replace_skipped(y_full: torch.Tensor, skip: torch.Tensor, rows: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """``y_full [F, N, C]`` (eq. 3 output) with each skipped row whose cell holds a retained token (``has [F, K]``)
+    replaced by its row of ``rows [F, K, C]``; the others keep eq. 3."""
+    rows = torch.where(has.unsqueeze(-1), rows, gather_tokens(y_full, skip))
+    Fr, N, C = y_full.shape
+    flat = (skip + torch.arange(Fr, device=skip.device).view(Fr, 1) * N).reshape(-1)
+    return y_full.reshape(Fr * N, C).index_copy(0, flat, rows.reshape(-1, C)).view(Fr, N, C)
+
+
+def copy_restore(y_full: torch.Tensor, skip: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """``y_full [F, N, C]`` (eq. 3 output) with each skipped row that has a target replaced by its target's row."""
+    return replace_skipped(y_full, skip, gather_tokens(y_full, target), has)  # targets are retained: their outputs

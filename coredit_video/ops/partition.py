@@ -8,7 +8,8 @@ and are clipped to the cell. Every id returned here is global to the frame, so i
 different bands never collide.
 
 All functions are cached on their (hashable) arguments and return CPU int64 tensors; callers
-move them to their device with :func:`coredit_video.ops.tables.on_device`.
+move them to their device with :func:`on_device`. :func:`cached` and :func:`on_device` serve every cached
+index table of the ops (cells, selection patterns, reconstruction) the same way.
 """
 from __future__ import annotations
 
@@ -18,7 +19,36 @@ from typing import Tuple, Union
 
 import torch
 
-from .tables import cached
+
+def is_compiling() -> bool:
+    """True while ``torch.compile`` (dynamo) traces the caller."""
+    compiler = getattr(torch, "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+def cached(fn, *args):
+    """Call an ``lru_cache``'d builder. Under ``torch.compile`` its body is traced directly (dynamo ignores
+    the cache anyway; this says so instead of warning): the tables become constants of the graph."""
+    return fn.__wrapped__(*args) if is_compiling() else fn(*args)
+
+
+_DEVICE_CACHE: dict = {}
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cached copy of a (cached, immutable) index tensor on ``device``."""
+    if t.device == device:
+        return t
+    if is_compiling():  # traced: the copy becomes part of the graph (a constant)
+        return t.to(device)
+    key = (id(t), str(device))
+    hit = _DEVICE_CACHE.get(key)
+    if hit is None or hit[0] is not t:
+        hit = (t, t.to(device))
+        _DEVICE_CACHE[key] = hit
+    return hit[1]
+
 
 GridArg = Union[int, Tuple[int, int]]
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .partition import GridArg, check_frame, partition
-from .tables import on_device
+from .partition import GridArg, check_frame, on_device, partition
 
 MIN_WEIGHT = 1e-4
 

@@ -1,15 +1,18 @@
 """Scoring and selection: spatial coherence (paper eq. 1-2, ``SC_i = xhat_i . mean(xhat over i's grid cell)``,
-linear in N), then per frame and band, skip the K most coherent tokens that are not forced."""
+linear in N), then per frame and band, skip the K most coherent tokens that are not forced. Also what every method
+shares around it: a call's geometry (:class:`CallGeometry`, its per-band budgets) and the row gather / scatter of
+the selected tokens."""
 from __future__ import annotations
 
 import math
 import numbers
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .partition import GridArg, as_pair, cell_counts, check_frame, forced_mask, free_per_band, partition
-from .tables import cached, is_compiling, on_device
+from .partition import (GridArg, as_pair, cached, cell_counts, check_frame, forced_mask, free_per_band,
+                        is_compiling, on_device, partition)
 
 
 def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> torch.Tensor:
@@ -148,3 +151,56 @@ def redundancy_increment(
     top = torch.topk(vals, min(band_tokens, k + dk), dim=-1).values[..., k:]
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     return top.sum(dim=(1, 2)).mean()
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
+
+    ordinal: int
+    grid: Tuple[int, int]
+    subgrid: Tuple[int, int]
+    stride: int
+
+
+@dataclass(frozen=True)
+class CallGeometry:
+    """One self-attention call's frame geometry on this rank: ``hw`` (this rank's rows x ``W``), the effective
+    ``ratio``, the block's geometry (its m-stride pattern shifted into this rank's rows), this rank's ``bands``
+    and their skip ``budgets`` (one per band)."""
+
+    hw: Tuple[int, int]
+    ratio: float
+    block: BlockGeometry
+    bands: int
+    budgets: Tuple[int, ...]
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.budgets)
+
+    @classmethod
+    def of(cls, hw, ratio: float, block: BlockGeometry, bands: int = 1,
+           budgets: Optional[Sequence[int]] = None) -> CallGeometry:
+        """The geometry of a call on a frame of ``hw`` tokens; ``budgets`` from :func:`band_budgets` unless given."""
+        if budgets is None:
+            budgets = band_budgets(hw, ratio, block.stride, block.ordinal, bands)
+        return cls((int(hw[0]), int(hw[1])), ratio, block, bands, tuple(budgets))
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
+
+    One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
+    element-wise ``gather`` with an expanded index."""
+    Fr, N, C = x.shape
+    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
+    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
+
+
+def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
+    Fr, _, C = y_keep.shape
+    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
+    out = y_keep.new_zeros(Fr * n, C)
+    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)

@@ -113,27 +113,3 @@ def destroy_parallel(wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
-
-
-class GroupRef:
-    """A mutable slot holding a process group, shared by a model and its layers.
-
-    Process groups cannot be copied or pickled; this slot survives ``copy.deepcopy`` (an EMA or
-    teacher copy shares the group) and pickles as empty (a loaded model runs without SP until
-    ``set_sequence_parallel``).
-    """
-
-    __slots__ = ("group",)
-
-    def __init__(self, group=None):
-        self.group = group
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __reduce__(self):
-        return GroupRef, ()
-
-    @property
-    def size(self) -> int:
-        return dist.get_world_size(self.group) if self.group is not None else 1

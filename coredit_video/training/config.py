@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from ..config import PruneConfig
+from ..methods import REGISTRY
 from ..rflow import RFlowConfig
 from ..schedule import ScheduleConfig
 from .losses import DistillConfig
@@ -136,6 +137,10 @@ def build_train_config(cfg: Any) -> TrainConfig:
         raise ValueError(f"bad value in config 'prune': {e}") from None
     sched, pr = out["schedule"], out["prune"]
     sched.check_cap(pr.max_ratio)
+    if not REGISTRY[pr.method].trainable:
+        able = [m for m, c in REGISTRY.items() if c.trainable]
+        raise ValueError(f"prune.method={pr.method!r} passes no gradients to the host's weights, so it cannot be "
+                         f"fine-tuned; train with one of {able} (and sample with {pr.method!r} afterwards)")
     if out["optim"].decay_steps > out["train"].steps:
         raise ValueError(f"optim.decay_steps={out['optim'].decay_steps} exceeds train.steps={out['train'].steps}")
     if out["rflow"].num_sampling_steps < pr.late_steps:

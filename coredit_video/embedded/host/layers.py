@@ -8,11 +8,35 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
-from ...attention.backends import attention
-from ...attention.backends import attn_dropout, dense_self_attention, output_projection
+from ...attention.backends import attention, attn_dropout, dense_self_attention, output_projection
 from ...parallel.seq_attention import sp_attention, sp_self_attention
+
+
+class GroupRef:
+    """A mutable slot holding a process group, shared by a model and its layers.
+
+    Process groups cannot be copied or pickled; this slot survives ``copy.deepcopy`` (an EMA or
+    teacher copy shares the group) and pickles as empty (a loaded model runs without SP until
+    ``set_sequence_parallel``).
+    """
+
+    __slots__ = ("group",)
+
+    def __init__(self, group=None):
+        self.group = group
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return GroupRef, ()
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.group) if self.group is not None else 1
 
 
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -23,7 +47,7 @@ def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> t
 class Attention(nn.Module):
     """Self-attention ``[B, N, C] -> [B, N, C]`` (MagicDrive-V2 ``Attention`` layout).
 
-    ``sp`` (a :class:`~coredit_video.parallel.state.GroupRef`, set by the host on spatial blocks):
+    ``sp`` (a :class:`GroupRef`, set by the host on spatial blocks):
     when it holds a group of P > 1 ranks, ``N`` is this rank's share and attention runs over all
     ranks' tokens through the all-to-all.
     """

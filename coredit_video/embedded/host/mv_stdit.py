@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ...parallel.comm import gather_seq, split_seq
-from ...parallel.state import GroupRef
-from .layers import (Attention, Mlp, MultiHeadAttention, MultiHeadCrossAttention, TimestepEmbedder,
+from .layers import (Attention, GroupRef, Mlp, MultiHeadAttention, MultiHeadCrossAttention, TimestepEmbedder,
                      sincos_1d, sincos_2d, t2i_modulate)
 
 
