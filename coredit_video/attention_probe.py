@@ -57,7 +57,7 @@ class AttentionErrorProbe:
     attention scope; ``None``: :meth:`outputs` only). ``methods``: registered method names, built with
     ``temperature``. ``mechanisms``: ``{name: Mechanism}``, extra rules measured beside them (called only on calls
     that reduce something; otherwise their output is the dense one). ``reduced_rows``: ``{method: RowsRule}`` for
-    registered methods whose plan does not say which rows were reduced. ``every``: measure every k-th model forward
+    registered methods whose choice does not say which rows were reduced. ``every``: measure every k-th model forward
     (the calls of one forward are ``len(ctrl.modules)`` consecutive calls).
     """
 
@@ -132,7 +132,7 @@ class AttentionErrorProbe:
             if not geo.skipped:
                 return (dense_self_attention(attn, x) if dense is None else dense), none()
             return self.mechanisms[name](attn, x, geo)
-        res = pruned_self_attention(attn, x, geo.hw, geo.ratio, geo.block, geo.bands, budgets=geo.budgets,
+        res = pruned_self_attention(attn, x, geo.hw, geo.ratio, geo.layout, geo.bands, budgets=geo.budgets,
                                     method=method)
         if not geo.skipped or method.kv_only:  # every query attended
             return res.out, none()
@@ -156,7 +156,7 @@ class AttentionErrorProbe:
         if ((self.calls - 1) // len(ctrl.modules)) % self.every:
             return y
         self.energy += float(y.float().pow(2).sum())
-        geos = [CallGeometry.of(ctrl.context.hw, r, ctrl.geometries[ordinal], ctrl.bands) for r in self.ratios]
+        geos = [CallGeometry.of(ctrl.context.hw, r, ctrl.layouts[ordinal], ctrl.bands) for r in self.ratios]
         for name in self.names:
             for r, geo in zip(self.ratios, geos):
                 y_hat, reduced = self.output(name, attn, x, geo, dense=y)

@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 
 from .attention.pruned import call_scores, reduce_call
-from .execution import rank_call, sp_size_of
+from .patched_attention import call_on_rank, sp_size_of
 from .methods import Reduced, Selection, gather_tokens
-from .step_cache import captured_branches, full_context_attention, regate, split_gated, stale_first_selection
+from .step_cache import (captured_branches, full_context_attention, full_context_cross_view, regate, split_gated,
+                         stale_first_selection)
 
 
 def _get(args: tuple, kwargs: dict, where: Tuple[int, str]):
@@ -51,7 +52,7 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
     BN, L, C = x.shape
     S = L // T
     frames = x.reshape(BN * T, S, C)
-    call = rank_call(controller, ordinal, frames, "block")
+    call = call_on_rank(controller, ordinal, frames, "block")
     geo, method = call.geo, controller.method
     forward = type(block).forward
     cache = controller.step_cache
@@ -63,19 +64,26 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         controller.record_scores(ordinal, sc.detach(), geo, sp_size_of(controller.sp_group))
     cfg = controller.cfg
     gated = slot is not None and cfg.cache_form == "gated"
-    every = slot is not None and cfg.cache_context == "all"
+    every = slot is not None and cfg.cache_context != "retained"
+    cross_view = controller.full_context_cross_views.get(ordinal) if slot is not None else None
+    if cross_view is not None and call.ctx.views is None:
+        raise RuntimeError(f"{controller.names[ordinal]}: cache_context='all' needs the views of this forward "
+                           "(ForwardContext.views), which the adapter did not describe; use cache_context='self'")
     names = controller.adapter.gated_branches
     gates = controller.adapter.block_gates(block, args, kwargs) if gated else None
     attn = controller.modules[ordinal]
     if geo.skipped == 0:
         with (captured_branches(block, names) if gated else nullcontext({})) as got, \
-                (full_context_attention(attn, None, None) if every else nullcontext({})) as seen:
+                (full_context_attention(attn, None, None) if every else nullcontext({})) as seen, \
+                (full_context_cross_view(cross_view, call.ctx.views, None, None) if cross_view is not None
+                 else nullcontext({})) as seen_cv:
             out = forward(block, *args, **kwargs)
         if slot is not None:  # a dense step fills the cache with every token's residual
             first = out[0] if isinstance(out, (tuple, list)) else out
             residual = (first.reshape(BN * T, S, C) - frames).detach()
             parts = split_gated(residual, {k: v.detach() for k, v in got.items()}, names, gates, T) if gated else None
-            cache.record(slot, ordinal, None, frames, residual, None, cfg.cache_select, parts, seen.get("inputs"))
+            cache.record(slot, ordinal, None, frames, residual, None, cfg.cache_select, parts, seen.get("inputs"),
+                         seen_cv.get("inputs"))
         return out
     if call.counts is not None and len(set(call.counts)) > 1:
         raise ValueError(f"{controller.names[ordinal]}: block scope under sequence parallelism needs equal retained "
@@ -85,20 +93,27 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         if entry.inputs is not None:  # relative move of each token's input since it was last computed
             change = (frames - entry.inputs).norm(dim=-1) / entry.inputs.norm(dim=-1).clamp_min(1e-6)
         keep, skip = stale_first_selection(
-            sc, entry.age, geo.hw, geo.budgets, geo.block.stride, geo.block.ordinal + call.ctx.step, geo.bands,
+            sc, entry.age, geo.hw, geo.budgets, geo.layout.stride, geo.layout.ordinal + call.ctx.step, geo.bands,
             cfg.max_stale, cfg.cache_select, seed=(call.ctx.step * 131 + ordinal) * 7 + slot,
             group=controller.sp_group if call.counts is not None else None, change=change)
         sel, red = Selection(keep, skip, sc), Reduced(gather_tokens(frames, keep))
     else:
         sel, red = reduce_call(frames, geo, method, sc)
+    if red.kv is not None:
+        raise ValueError(f"prune.method={method.name!r} gives keys and values apart from its queries (Reduced.kv); "
+                         "in block scope the whole block runs on one token set (Reduced.q): its class must set "
+                         "supports_block_scope = False")
     kept = red.q  # [BN*T, S', C]
     R = kept.shape[1]
     args, kwargs = _set(args, kwargs, spec["x"], kept.reshape(BN, T * R, C))
     args, kwargs = _set(args, kwargs, spec["S"], R)
     context = entry.attn_inputs if (every and entry is not None) else None
+    cv_context = entry.cross_view_inputs if (cross_view is not None and entry is not None) else None
     with (captured_branches(block, names) if gated else nullcontext({})) as got, \
             (full_context_attention(attn, context, sel.keep, cfg.backend) if context is not None
-             else nullcontext({})) as seen:
+             else nullcontext({})) as seen, \
+            (full_context_cross_view(cross_view, call.ctx.views, cv_context, sel.keep) if cv_context is not None
+             else nullcontext({})) as seen_cv:
         out = forward(block, *args, **kwargs)
     derived = None
     if isinstance(out, (tuple, list)):
@@ -119,7 +134,8 @@ def run_block_scope(controller, ordinal: int, block: nn.Module, args: tuple, kwa
         parts = None
         if gated:
             parts = split_gated((out_kept - kept).detach(), {k: v.detach() for k, v in got.items()}, names, gates, T)
-        cache.record(slot, ordinal, entry, frames, residual, sel.keep, cfg.cache_select, parts, seen.get("inputs"))
+        cache.record(slot, ordinal, entry, frames, residual, sel.keep, cfg.cache_select, parts, seen.get("inputs"),
+                     seen_cv.get("inputs"))
     full = (frames + residual).reshape(BN, L, C)
     if derived is None:
         return full

@@ -57,10 +57,12 @@ class PruneConfig:
     cache_form: with ``step_cache``, what a block caches per token: ``"residual"`` (its block residual) or
         ``"gated"`` (ToCa's form: the self-attention and MLP branches before their adaLN gates, re-gated with the
         current step's gates, and the rest of the residual; the adapter must know the gates).
-    cache_context: with ``step_cache``: what the computed tokens' self-attention sees: ``"retained"`` (the computed
-        tokens only, as the block runs on them) or ``"all"`` (every token: the skipped ones' keys and values come
-        from their self-attention inputs cached when they were last computed; needs ``dense_steps >= 1``, no
-        sequence parallelism; cross-view attention stays on the computed tokens).
+    cache_context: with ``step_cache``: what the computed tokens' attention sees. ``"retained"``: the computed
+        tokens only, as the block runs on them. ``"self"``: in self-attention every token (the skipped ones' keys
+        and values come from their self-attention inputs cached when they were last computed); cross-view attention
+        stays on the computed tokens. ``"all"``: every token in self- and cross-view attention (the neighbour views'
+        skipped tokens from their cached cross-view inputs). ``"self"`` and ``"all"`` need ``dense_steps >= 1`` and
+        no sequence parallelism.
     """
 
     adapter: str = "auto"
@@ -158,9 +160,9 @@ class PruneConfig:
             raise ValueError(f"cache_form must be one of {CACHE_FORMS}, got {self.cache_form!r}")
         if self.cache_context not in CACHE_CONTEXTS:
             raise ValueError(f"cache_context must be one of {CACHE_CONTEXTS}, got {self.cache_context!r}")
-        if self.cache_context == "all" and not (self.step_cache and self.dense_steps >= 1):
-            raise ValueError("cache_context='all' reads the skipped tokens' keys and values from the step cache, "
-                             "which a dense step fills: set step_cache=True and dense_steps >= 1 "
+        if self.cache_context != "retained" and not (self.step_cache and self.dense_steps >= 1):
+            raise ValueError(f"cache_context={self.cache_context!r} reads the skipped tokens' keys and values from the "
+                             "step cache, which a dense step fills: set step_cache=True and dense_steps >= 1 "
                              "(or cache_context='retained')")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")

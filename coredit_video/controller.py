@@ -1,7 +1,7 @@
 """The handle ``apply`` returns: it controls. Prunable blocks in plan order and their ratios, the denoising phase,
 coherence statistics for the schedule, and pruning plans (JSON). What one forward prunes with lives in
 :mod:`.forward_context` with the host's hooks, and what one call of a patched attention runs in
-:mod:`.execution`."""
+:mod:`.patched_attention`."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .config import PruneConfig
 from .forward_context import ForwardContext, ForwardTracker, HookBinding
-from .methods import BlockGeometry, CallGeometry, build_method
+from .methods import BlockLayout, CallGeometry, build_method
 from .ops import redundancy_increment
 from .ops.selection import check_ratio
 from .plan import PLAN_VERSION, Plan, grids_json, read_plan, write_plan
@@ -43,8 +43,8 @@ class PruningController:
         self.modules = [mod for _, mod in blocks]
         # the spatial blocks holding them (patched in block scope)
         self.blocks = [model.get_submodule(name.rsplit(".", 1)[0]) for name in self.names]
-        self.geometries = [
-            BlockGeometry(l, *cfg.grid_specs[l % len(cfg.grid_specs)], stride=cfg.stride) for l in range(len(blocks))
+        self.layouts = [
+            BlockLayout(i, *cfg.grid_specs[i % len(cfg.grid_specs)], stride=cfg.stride) for i in range(len(blocks))
         ]
         self._ratios = [0.0] * len(blocks)
         self.phase = "main"
@@ -56,12 +56,20 @@ class PruningController:
         self.cross_view_names: List[str] = []  # patched cross-view attentions (set by apply())
         self.cross_view_modules: List[nn.Module] = []
         self.cross_view_ordinals: set = set()
+        # block scope, cache_context "all": each prunable block's cross-view attention (set by apply())
+        self.full_context_cross_views: Dict[int, nn.Module] = {}
         self._stats_delta: Optional[float] = None
         self._stats: Dict[int, List[float]] = {}
         if cfg.resolved_plan is not None:
             self._apply_plan(cfg.resolved_plan)
         else:
             self.set_ratios(cfg.ratios)
+
+    @property
+    def needs_views(self) -> bool:
+        """The adapter must describe the views of each forward (``ForwardContext.views``): cross-view pruning, or
+        a step cache whose cross-view attention sees every token."""
+        return bool(self.cross_view_modules or self.full_context_cross_views)
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__, sp_group=None)  # a process group belongs to a process: rebound on first use
@@ -157,7 +165,7 @@ class PruningController:
 
     def pop_stats(self) -> List[Optional[float]]:
         """Mean recorded ``dR_l`` per block since the last pop (``None`` where nothing was seen)."""
-        out = [(sum(v) / len(v)) if (v := self._stats.get(l)) else None for l in range(len(self))]
+        out = [(sum(v) / len(v)) if (v := self._stats.get(i)) else None for i in range(len(self))]
         self._stats = {}
         return out
 
@@ -167,7 +175,7 @@ class PruningController:
         recompute records the same value again, so the mean holds."""
         if self._stats_delta is None:
             return
-        r, b = self._ratios[ordinal], geo.block
+        r, b = self._ratios[ordinal], geo.layout
         dr = redundancy_increment(sc, geo.hw, r, self._stats_delta, b.stride, b.ordinal, geo.bands) * sp_size
         self._stats.setdefault(ordinal, []).append(float(dr))
 

@@ -391,7 +391,7 @@ def tokens_for_resolution(
 
 
 def skip_budgets(
-    hw: Tuple[int, int], ratio: float, bands: int = 1, stride: Optional[int] = 3, block_index: int = 0
+    hw: Tuple[int, int], ratio: float, bands: int = 1, stride: Optional[int] = 3, ordinal: int = 0
 ) -> List[int]:
     """Skipped tokens per band of one frame: ``floor(r * band_tokens)``, capped at the band's
     non-forced tokens and at ``band_tokens - 1`` (the rule of
@@ -400,7 +400,7 @@ def skip_budgets(
     check_ratio(ratio, name="ratio")
     _check_stride(stride)
     if stride is not None:
-        return band_budgets((H, W), float(ratio), int(stride), block_index, bands)
+        return band_budgets((H, W), float(ratio), int(stride), ordinal, bands)
     band_tokens = H // bands * W
     return [min(int(math.floor(float(ratio) * band_tokens)), band_tokens - 1)] * bands
 

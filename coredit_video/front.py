@@ -70,10 +70,10 @@ class FrontSettings:
         from .methods import REGISTRY, method_names
 
         lines = [*self.methods, *self.probe_methods]
-        unknown = sorted({split_line(m)[0] for m in lines} - set(method_names()))
+        unknown = sorted({line_method_scope(m)[0] for m in lines} - set(method_names()))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(method_names())}")
-        scopes = sorted({split_line(m)[1] for m in lines} - set(SCOPES))
+        scopes = sorted({line_method_scope(m)[1] for m in lines} - set(SCOPES))
         if scopes:
             raise ValueError(f"unknown scope(s) {scopes} after '@'; a line is METHOD or METHOD@block "
                              f"(scopes: {list(SCOPES)})")
@@ -83,8 +83,8 @@ class FrontSettings:
         bad = [r for r in self.ratios if not (0.0 < float(r) < 1.0 or zero_ok and float(r) == 0.0)]
         if bad:
             raise ValueError(f"ratios must be in {'[0, 1)' if zero_ok else '(0, 1)'}, got {bad}")
-        no_block = [m for m in self.methods if split_line(m)[1] == "block"
-                    and not REGISTRY[split_line(m)[0]].supports_block_scope]
+        no_block = [m for m in self.methods if line_method_scope(m)[1] == "block"
+                    and not REGISTRY[line_method_scope(m)[0]].supports_block_scope]
         if no_block:
             raise ValueError(f"{no_block}: these methods have no block scope")
         if self.scenes < 1 or not self.seeds:
@@ -105,7 +105,7 @@ class FrontSettings:
             raise ValueError(f"--max-stale {self.max_stale} / --dense-steps {self.dense_steps}: give >= 1 / >= 0")
         if any(int(k) < 1 for k in self.fewer_steps):
             raise ValueError(f"--fewer-steps {list(self.fewer_steps)}: step counts >= 1")
-        bad_probe = [m for m in self.probe_methods if parse_line(m) != FrontLine(*split_line(m))]
+        bad_probe = [m for m in self.probe_methods if parse_line(m) != FrontLine(*line_method_scope(m))]
         if bad_probe:
             raise ValueError(f"{bad_probe}: the attention-error probe measures plain METHOD or METHOD@block lines")
 
@@ -188,15 +188,16 @@ def open_host(s: FrontSettings) -> FrontHost:
 
 
 CACHE_SUFFIX = "+cache"  # a front line METHOD@block+cache runs block scope with the step cache
-CACHE_ALL_SUFFIX = "+cache_all"  # ... and its computed tokens attend to every token (cache_context="all")
+# ... +cache_self / +cache_all: its computed tokens attend to every token (cache_context "self" / "all")
+CONTEXT_SUFFIXES = {"+cache_self": "self", "+cache_all": "all"}
 FEWER_STEPS = "fewer_steps"  # the dense model at fewer sampling steps (ratio: the fraction of steps left out)
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontLine:
-    """A front line ``METHOD[@SCOPE][+cache|+cache_all][/STEPS]``: a method, its scope, the step cache (block scope;
-    ``+cache_all``: with ``cache_context="all"``), and the sampling steps it runs (``None``: the reference steps;
-    fewer: a composition with fewer steps)."""
+    """A front line ``METHOD[@SCOPE][+cache|+cache_self|+cache_all][/STEPS]``: a method, its scope, the step cache
+    (block scope; ``+cache_self`` / ``+cache_all``: with ``cache_context`` ``"self"`` / ``"all"``), and the sampling
+    steps it runs (``None``: the reference steps; fewer: a composition with fewer steps)."""
 
     method: str
     scope: str = "attention"
@@ -207,10 +208,10 @@ class FrontLine:
 
 def parse_line(line: str) -> FrontLine:
     body, slash, steps = line.partition("/")
-    context = "all" if body.endswith(CACHE_ALL_SUFFIX) else "retained"
-    cache = body.endswith((CACHE_SUFFIX, CACHE_ALL_SUFFIX))
+    suffix = next((s for s in (*CONTEXT_SUFFIXES, CACHE_SUFFIX) if body.endswith(s)), None)
+    cache, context = suffix is not None, CONTEXT_SUFFIXES.get(suffix, "retained")
     if cache:
-        body = body[:-len(CACHE_ALL_SUFFIX if context == "all" else CACHE_SUFFIX)]
+        body = body[:-len(suffix)]
     method, _, scope = body.partition("@")
     if slash and not (steps.isdigit() and int(steps) >= 1):
         raise ValueError(f"line {line!r}: after '/' give the steps it samples, an int >= 1 (e.g. coredit_merge/20)")
@@ -226,7 +227,7 @@ def line_prune(line: str, s: FrontSettings) -> Dict[str, Any]:
     return out
 
 
-def split_line(line: str) -> Tuple[str, str]:
+def line_method_scope(line: str) -> Tuple[str, str]:
     """A front line (:func:`parse_line`) -> ``(method, scope)``."""
     p = parse_line(line)
     return p.method, p.scope
@@ -241,13 +242,15 @@ def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: st
         return 1.0
     p = parse_line(line)
     res = count_flops(preset, resolution=resolution, ratios=ratio, method=p.method, scope=p.scope)
-    if not (p.cache and p.context == "all"):
+    if not (p.cache and p.context != "retained"):
         return 1.0 - float(res["total_reduction"])
     from .step_cache import full_context_flops
 
     inp = res["inputs"]
-    per_frame = inp["latent_frames"] * inp["views"]
-    extra = sum(per_frame * full_context_flops(inp["tokens_per_frame"], b["kept_per_frame"], inp["spec"]["hidden"])
+    per_frame, J = inp["latent_frames"] * inp["views"], inp["spec"]["cross_view_neighbours"]
+    # "all": the blocks with a cross-view attention see every token of each neighbour too
+    extra = sum(per_frame * full_context_flops(inp["tokens_per_frame"], b["kept_per_frame"], inp["spec"]["hidden"],
+                                               1 + J * (p.context == "all" and b["cross_view_dense"] > 0))
                 for b in res["blocks"])
     return (res["pruned_total"] + extra) / res["dense_total"]
 
@@ -424,7 +427,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
         if os.path.isfile(err_path):  # a resumed run keeps the errors it measured
             with open(err_path) as fh:
                 known = {(e["method"], round(e["ratio"], 4)): e["attn_error"] for e in json.load(fh)}
-        attention_lines = [m for m in s.methods if parse_line(m) == FrontLine(split_line(m)[0])]
+        attention_lines = [m for m in s.methods if parse_line(m) == FrontLine(line_method_scope(m)[0])]
         wanted = list(dict.fromkeys([*attention_lines, *s.probe_methods]))
         missing = [m for m in wanted if any((m, round(float(r), 4)) not in known for r in s.ratios)]
         ctrl = apply_pruning(model, base)

@@ -2,8 +2,9 @@
 
 Each prunable attention module (and, with ``cross_view`` on, the cross-view attention of its block)
 gets an instance-level ``forward`` override and a plain-Python ``_coredit`` attribute (the same
-:class:`~.execution.SelfAttentionPatch` / :class:`~.execution.CrossViewPatch`); nothing is registered as a
-parameter or buffer, so the host's state-dict keys never change. ``remove`` deletes both and the adapter's hooks.
+:class:`~.patched_attention.SelfAttentionPatch` / :class:`~.patched_attention.CrossViewPatch`); nothing is
+registered as a parameter or buffer, so the host's state-dict keys never change. ``remove`` deletes both and the
+adapter's hooks.
 
 A patched model survives ``copy.deepcopy`` and ``torch.save`` / ``torch.load``: the patches and the
 hooks the model holds are small picklable objects that reach the controller, and a copied controller
@@ -21,7 +22,7 @@ from .adapters.base import HostAdapter
 from .config import PruneConfig
 from .controller import PruningController
 from .block_scope import BlockScopePatch
-from .execution import CrossViewPatch, SelfAttentionPatch, sp_size_of
+from .patched_attention import CrossViewPatch, SelfAttentionPatch, sp_size_of
 from .registry import find_adapter
 
 _CONTROLLER_ATTR = "_coredit_controller"
@@ -52,9 +53,9 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
     if cfg.step_cache and cfg.cache_form == "gated" and type(adapter).block_gates is HostAdapter.block_gates:
         raise ValueError(f"cache_form='gated' needs the adapter's block gates, which the {type(adapter).__name__} "
                          "does not give; use cache_form='residual'")
-    if cfg.cache_context == "all" and sp_size > 1:
-        raise ValueError("cache_context='all' runs without sequence parallelism (each rank would need every rank's "
-                         "cached keys); use cache_context='retained' or parallel.sp_size=1")
+    if cfg.cache_context != "retained" and sp_size > 1:
+        raise ValueError(f"cache_context={cfg.cache_context!r} runs without sequence parallelism (each rank would "
+                         "need every rank's cached keys); use cache_context='retained' or parallel.sp_size=1")
     controller = PruningController(model, cfg, adapter, blocks, bands)
     controller.sp_group = group
     if cfg.scope == "block":
@@ -63,6 +64,9 @@ def apply(model: nn.Module, cfg: Any = None, **overrides) -> PruningController:
                              "(block_args); use scope='attention'")
         for ordinal, block in enumerate(controller.blocks):
             block.__dict__["_coredit"] = block.__dict__["forward"] = BlockScopePatch(controller, ordinal, block)
+        if cfg.step_cache and cfg.cache_context == "all":
+            controller.full_context_cross_views = {
+                ordinal: attn for _, attn, ordinal in adapter.cross_view_blocks(model, controller.names)}
     else:
         for ordinal, (_, attn) in enumerate(blocks):
             attn.__dict__["_coredit"] = attn.__dict__["forward"] = SelfAttentionPatch(controller, ordinal, attn)

@@ -62,7 +62,7 @@ class ScheduleConfig:
 @dataclass
 class Decision:
     step: int
-    block: int
+    ordinal: int  # of the block among the prunable blocks
     name: str
     ratio: float
     mean_ratio: float
@@ -153,7 +153,7 @@ class ProgressiveSchedule:
         st.ratios[best] = new
         st.last_pruned = best
         st.done = self._finished()
-        d = Decision(step=st.step, block=best, name=self.names[best], ratio=new, mean_ratio=self.mean_ratio,
+        d = Decision(step=st.step, ordinal=best, name=self.names[best], ratio=new, mean_ratio=self.mean_ratio,
                      redundancy=best_val)
         st.history.append(dict(asdict(d), ratios=list(st.ratios)))
         return d

@@ -28,7 +28,7 @@ from .ops.partition import cached, on_device
 
 CACHE_SELECT = ("coherence", "staleness", "random", "change")
 CACHE_FORMS = ("residual", "gated")
-CACHE_CONTEXTS = ("retained", "all")
+CACHE_CONTEXTS = ("retained", "self", "all")
 
 
 @dataclass
@@ -43,12 +43,15 @@ class CacheEntry:
     # then the rest of the block residual (cross-view, cross-attention), so that
     # residual_now = residual + gate_attn_now * branches[0] + gate_mlp_now * branches[1]
     branches: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-    # cache_context "all": each token's self-attention input when it was last computed (its keys and values)
+    # cache_context "self" / "all": each token's self-attention input when it was last computed (its keys and values)
     attn_inputs: Optional[torch.Tensor] = None
+    # cache_context "all": each token's cross-view attention input when it was last computed ([F, N, C], per frame)
+    cross_view_inputs: Optional[torch.Tensor] = None
 
     @property
     def nbytes(self) -> int:
-        held = [self.residual, self.age] + [t for t in (self.inputs, self.attn_inputs) if t is not None]
+        held = [self.residual, self.age]
+        held += [t for t in (self.inputs, self.attn_inputs, self.cross_view_inputs) if t is not None]
         held += list(self.branches or ())
         return sum(t.numel() * t.element_size() for t in held)
 
@@ -110,13 +113,14 @@ class StepCache:
     def record(self, slot: int, ordinal: int, entry: Optional[CacheEntry], frames: torch.Tensor,
                residual: torch.Tensor, keep: Optional[torch.Tensor] = None, select: str = "change",
                gated: Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]] = None,
-               attn_inputs: Optional[torch.Tensor] = None) -> None:
+               attn_inputs: Optional[torch.Tensor] = None, cross_view_inputs: Optional[torch.Tensor] = None) -> None:
         """Store what block ``ordinal`` computed in this step for forward ``slot``.
 
         ``frames [F, N, C]``: the block input; ``residual [F, N, C]``: every token's residual this step (computed
         or taken from the cache); ``keep [F, R]``: the computed tokens (``None``: a dense step, all of them);
         ``gated``: ``(rest, (attn, mlp))`` of the computed tokens (``split_gated``; dense: of all);
-        ``attn_inputs [F, N, C]``: every token's self-attention input (the computed ones fresh)."""
+        ``attn_inputs`` / ``cross_view_inputs`` ``[F, N, C]``: every token's self- / cross-view attention input (the
+        computed ones fresh)."""
         F_, N, C = frames.shape
         if keep is None:
             age = torch.zeros(F_, N, dtype=torch.int16, device=frames.device)
@@ -140,8 +144,8 @@ class StepCache:
                 rest = old_rest.scatter(1, idx, new_rest)
                 branches = tuple(o.scatter(1, idx, b) for o, b in zip(old_br, new_br))
             fraction = 1.0 - keep.shape[1] / N
-        self.put(slot, ordinal, CacheEntry(rest, age, inputs, branches,
-                                           None if attn_inputs is None else attn_inputs.detach()))
+        detached = [None if t is None else t.detach() for t in (attn_inputs, cross_view_inputs)]
+        self.put(slot, ordinal, CacheEntry(rest, age, inputs, branches, *detached))
         self.realized.append((self.step, ordinal, fraction))
 
     @property
@@ -150,21 +154,26 @@ class StepCache:
 
 
 def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: int = 2,
-                          select: str = "coherence", form: str = "residual", context: str = "retained") -> int:
+                          select: str = "coherence", form: str = "residual", context: str = "retained",
+                          cross_view: bool = False) -> int:
     """Bytes one block's cache holds on one rank for one forward slot: the residual ``F N C`` in the block's dtype,
     the age ``F N`` (int16), for ``select="change"`` the inputs ``F N C``, for ``form="gated"`` the two gated
-    branches ``2 F N C`` and for ``context="all"`` the self-attention inputs ``F N C``."""
-    tensors = 1 + (select == "change") + 2 * (form == "gated") + (context == "all")
+    branches ``2 F N C``, for ``context`` ``"self"`` / ``"all"`` the self-attention inputs ``F N C``, and for
+    ``"all"`` in a block with cross-view attention (``cross_view``) its inputs ``F N C`` too."""
+    tensors = 1 + (select == "change") + 2 * (form == "gated") + (context != "retained")
+    tensors += context == "all" and cross_view
     per_token = channels * dtype_bytes * tensors + 2
     return frames * tokens * per_token
 
 
-def full_context_flops(tokens: int, kept: int, channels: int) -> int:
-    """Extra FLOPs of ``cache_context="all"`` in one block for one frame of ``tokens`` of which ``kept`` are computed:
-    the skipped tokens' keys and values from their cached inputs (``2C x C`` multiply-adds each) and the computed
-    tokens' queries against them (``Q K^T`` and ``A V``: ``2 kept skipped C`` multiply-adds); multiply-add = 2."""
+def full_context_flops(tokens: int, kept: int, channels: int, key_sets: int = 1) -> int:
+    """Extra FLOPs of a full-context step cache in one block for one frame of ``tokens`` of which ``kept`` are
+    computed, for each of ``key_sets`` attentions that see every token (1 with ``cache_context="self"``; with
+    ``"all"`` also one per cross-view neighbour): the skipped tokens' keys and values from their cached inputs
+    (``2C x C`` multiply-adds each) and the computed tokens' queries against them (``Q K^T`` and ``A V``:
+    ``2 kept skipped C`` multiply-adds); multiply-add = 2."""
     skipped = tokens - kept
-    return 2 * (2 * channels * channels * skipped + 2 * kept * skipped * channels)
+    return key_sets * 2 * (2 * channels * channels * skipped + 2 * kept * skipped * channels)
 
 
 def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, budgets: Sequence[int], stride: int,
@@ -216,11 +225,10 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
     return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
 
 
-
 @contextmanager
 def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[torch.Tensor], backend: str = "auto"):
-    """While the block runs, its self-attention ``attn`` sees every token (``cache_context="all"``); yields
-    ``{"inputs": [F, N, C]}``, every token's self-attention input after the call.
+    """While the block runs, its self-attention ``attn`` sees every token (``cache_context`` ``"self"``, ``"all"``);
+    yields ``{"inputs": [F, N, C]}``, every token's self-attention input after the call.
 
     ``cached [F, N, C]``: the inputs cached for every token; ``keep [F, R]``: the tokens the block computes, whose
     inputs ``h [F, R, C]`` arrive now. Their queries attend to the keys and values of ``cached`` with the computed
@@ -251,6 +259,43 @@ def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[
 
 
 @contextmanager
+def full_context_cross_view(attn, pairs, cached: Optional[torch.Tensor], keep: Optional[torch.Tensor]):
+    """While the block runs, its cross-view attention ``attn`` (called ``attn(h, cond)``) sees every token of the
+    neighbour views (``cache_context="all"``); yields ``{"inputs": [F, N, C]}``, every frame's cross-view input
+    after the call.
+
+    ``pairs`` (:class:`~coredit_video.attention.ViewPairs`): the frame of each query row ``h [F', R, C]`` and of
+    each of the ``J`` chunks of its ``cond [F', J*R, C]``. ``cached [F, N, C]``: the inputs cached for every token
+    of every frame; ``keep [F, R]``: the tokens computed now. Each row's ``cond`` becomes its ``J`` neighbour
+    frames' ``N`` tokens, the computed ones fresh. ``cached=None`` (a dense step): the call runs as it is and the
+    inputs are recorded.
+    """
+    seen: Dict[str, torch.Tensor] = {}
+    own = attn.__dict__.get("forward")
+    call = own if own is not None else type(attn).forward.__get__(attn)
+
+    def forward(h, cond, *args, **kwargs):
+        frames = h.index_select(0, pairs.first)  # [F, R, C]: each frame's input, from one row that queries it
+        if cached is None:
+            seen["inputs"] = frames.detach()
+            return call(h, cond, *args, **kwargs)
+        C = h.shape[-1]
+        every = cached.to(h.dtype).scatter(1, keep.unsqueeze(-1).expand(-1, -1, C), frames)
+        seen["inputs"] = every.detach()
+        cond_all = every.index_select(0, pairs.kv.reshape(-1)).reshape(h.shape[0], -1, C)  # [F', J*N, C]
+        return call(h, cond_all, *args, **kwargs)
+
+    attn.__dict__["forward"] = forward
+    try:
+        yield seen
+    finally:
+        if own is None:
+            del attn.__dict__["forward"]
+        else:
+            attn.__dict__["forward"] = own
+
+
+@contextmanager
 def captured_branches(block, names: Sequence[str]):
     """While the block runs: ``{name: output}`` of its submodules ``names`` (the gated branches)."""
     got: Dict[str, torch.Tensor] = {}
@@ -262,12 +307,18 @@ def captured_branches(block, names: Sequence[str]):
             h.remove()
 
 
+def per_frame_gates(gates, T: int, frames: int):
+    """The block's ``(g_attn, g_mlp)`` as ``[F, 1, C]`` each: per-sample gates ``[B*NC, 1, C]`` repeated over the
+    ``T`` frames of each row, per-frame gates as they are."""
+    return tuple(g if g.shape[0] == frames else g.repeat_interleave(T, 0) for g in gates)
+
+
 def split_gated(residual: torch.Tensor, got: Dict[str, torch.Tensor], names: Sequence[str], gates, T: int):
     """``residual [F, n, C]`` -> ``(rest, (attn, mlp))`` with ``residual = rest + g_attn * attn + g_mlp * mlp``:
     the branches before their gates (each ``[F, n, C]``), ``gates`` the block's ``(g_attn, g_mlp)``
-    ``[B*NC, 1, C]`` (rows repeated per frame, ``F = B*NC*T``)."""
+    ``[B*NC, 1, C]`` (rows repeated per frame, ``F = B*NC*T``) or ``[F, 1, C]`` (per frame)."""
     F_, n, C = residual.shape
-    g_a, g_m = (g.repeat_interleave(T, 0) for g in gates)
+    g_a, g_m = per_frame_gates(gates, T, F_)
     a, m = (got[k].reshape(F_, n, C) for k in names)
     return residual - g_a * a - g_m * m, (a, m)
 
@@ -276,5 +327,5 @@ def regate(entry: CacheEntry, gates, T: int) -> torch.Tensor:
     """The cached block residual of every token with this step's gates (``gated`` form), or as cached."""
     if entry.branches is None:
         return entry.residual
-    g_a, g_m = (g.repeat_interleave(T, 0) for g in gates)
+    g_a, g_m = per_frame_gates(gates, T, entry.residual.shape[0])
     return entry.residual + g_a * entry.branches[0] + g_m * entry.branches[1]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.methods import scatter_rows
 from coredit_video.methods.random_selection import random_scores
 from coredit_video.methods.tome import bipartite_merge
@@ -10,7 +10,7 @@ from coredit_video.embedded.host.layers import Attention
 from coredit_video.ops import band_budgets, select_tokens, spatial_coherence
 
 HW = (8, 12)
-LAYOUT = BlockGeometry(1, (4, 4), (2, 2), 2)
+LAYOUT = BlockLayout(1, (4, 4), (2, 2), 2)
 
 
 def _x(seed=0, frames=3, c=32):

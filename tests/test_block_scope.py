@@ -72,7 +72,7 @@ def test_block_output_against_a_reference():
         model(**inp)
     h.remove()
     x, y, t_mod, T_, S, NC_ = captured["args"]
-    geo = ctrl.geometries[ordinal]
+    geo = ctrl.layouts[ordinal]
     hw = (HX // 2, WX // 2)
     frames = x.reshape(-1, S, x.shape[-1])
     sc = ops.spatial_coherence(frames, hw, geo.grid, 1)
@@ -96,7 +96,7 @@ def test_merge_block_output_against_a_loop_reference():
     model, inp = build(), inputs()
     ctrl = prune(model, 0.3, method="coredit_merge")
     block = model.base_blocks_s[1]
-    geo = ctrl.geometries[ctrl.names.index("base_blocks_s.1.attn")]
+    geo = ctrl.layouts[ctrl.names.index("base_blocks_s.1.attn")]
     captured = {}
     h = block.register_forward_hook(lambda m, a, o: captured.update(args=a, out=o))
     with torch.no_grad():

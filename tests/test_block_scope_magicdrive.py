@@ -34,7 +34,7 @@ def prune(model, ratio=RATIO, **extra):
 
 def retained(ctrl, name, ratio=RATIO):
     """Tokens per view-frame block ``name`` keeps (bands=1): ``N - sum(band budgets)``."""
-    geo = ctrl.geometries[ctrl.names.index(f"{name}.attn")]
+    geo = ctrl.layouts[ctrl.names.index(f"{name}.attn")]
     N = ctrl.hw[0] * ctrl.hw[1]
     return N - sum(ops.band_budgets(ctrl.hw, ratio, geo.stride, geo.ordinal, 1))
 
@@ -94,7 +94,7 @@ def test_block_against_a_reference_with_a_conditioning_first_frame(host, name):
     h.remove()
     x, y, t, mask, x_mask, t0, T, S, NC, mv_order_map, t_order_map = captured["args"]
     assert x_mask is not None and t0 is not None and not x_mask[:, 0].any() and x_mask[:, 1:].all()
-    geo, hw, C = ctrl.geometries[ctrl.names.index(f"{name}.attn")], ctrl.hw, x.shape[-1]
+    geo, hw, C = ctrl.layouts[ctrl.names.index(f"{name}.attn")], ctrl.hw, x.shape[-1]
     frames = x.reshape(-1, S, C)  # [B*NC*T, S, C]
     sc = ops.spatial_coherence(frames, hw, geo.grid, 1)
     keep, skip = ops.select_tokens(sc, hw, RATIO, geo.stride, geo.ordinal, 1)
@@ -239,9 +239,45 @@ def test_step_cache_loop_on_the_real_host_with_guidance_and_the_first_frame_mask
     for i in range(1, 5):
         assert torch.isfinite(cached[i]).all() and not torch.equal(cached[i], dense[i])
         assert float((cached[i] - dense[i]).norm() / dense[i].norm()) < 0.1, i
+    gated = loop(dict(step_cache=True, max_stale=2, dense_steps=1, cache_form="gated"))  # ToCa's form, per-frame gates
+    assert torch.equal(gated[0], dense[0])
+    for i in range(1, 5):
+        assert torch.isfinite(gated[i]).all() and not torch.equal(gated[i], cached[i])
+        assert float((gated[i] - dense[i]).norm() / dense[i].norm()) < 0.1, i
     rebuilt = loop(dict(dense_steps=1))
     err = lambda outs: sum(float((o - d).norm() / d.norm()) for o, d in zip(outs[1:], dense[1:]))  # noqa: E731
     assert err(cached) < err(rebuilt)  # each token's own cached residual beats the one rebuilt from neighbours
     assert all(torch.equal(a, b) for a, b in zip(cached, loop(dict(step_cache=True, max_stale=2, dense_steps=1))))
     assert list(model.state_dict()) == keys
     assert all(torch.equal(a, b) for a, b in zip(dense, loop(None)))
+
+
+def test_the_adapter_gives_the_blocks_adaln_gates_with_the_first_frame_path(host):
+    """``block_gates`` of the MagicDrive-V2 adapter against the block's own formula (einops, as upstream writes it):
+    ``gate_msa`` / ``gate_mlp`` of ``scale_shift_table + t`` per sample and view; with ``x_mask`` per frame, the
+    condition frames taking ``t0``'s."""
+    from einops import repeat
+
+    model, args = build(host), inputs()
+    ctrl = prune(model, RATIO)
+    block = model.base_blocks_s[0]
+    captured = {}
+    for x_mask in (None, FIRST_FRAME.clone()):
+        captured.clear()
+        h = block.register_forward_pre_hook(lambda m, a, k: captured.update(a=a, k=k), with_kwargs=True)
+        forward(model, dict(args, x_mask=x_mask) if x_mask is not None else args)
+        h.remove()
+        a, k = captured["a"], captured["k"]
+        x, t, mask_, t0, T, NC = a[0], a[2], a[4], a[5], int(a[6]), int(a[8])
+        C = x.shape[-1]
+        mod = lambda tt, NC=NC: repeat(block.scale_shift_table[None] + tt.reshape(tt.shape[0], 6, -1),  # noqa: E731
+                                       "b ... -> (b NC) ...", NC=NC).chunk(6, dim=1)
+        got = ctrl.adapter.block_gates(block, a, k)
+        for g, i in zip(got, (2, 5)):
+            if x_mask is None:
+                torch.testing.assert_close(g, mod(t)[i], rtol=0, atol=0)
+            else:
+                want = torch.where(mask_[:, :, None, None], mod(t)[i][:, None], mod(t0)[i][:, None]).reshape(-1, 1, C)
+                assert g.shape == (x.shape[0] * T, 1, C) and not torch.equal(mod(t)[i], mod(t0)[i])
+                torch.testing.assert_close(g, want, rtol=0, atol=0)
+    cv.remove(model)

@@ -14,7 +14,7 @@ from coredit_video import get_controller
 from coredit_video.ops import band_budgets
 from tests.dist import sp8_worker
 from tests.dist.common import (BANDS, GRIDS, STRIDE, assert_sp_matches, build_host, inputs, loss_of, run_modes,
-                               sp_results, torchrun)
+                               sp_run_fixture, torchrun)
 
 BLOCK_MODES = {"dense": None, "block0.3": 0.3, "merge0.3": (0.3, "coredit_merge")}
 RATIO = BLOCK_MODES["block0.3"]
@@ -37,9 +37,7 @@ def reference():
     return run_modes(BLOCK_MODES, patch_block)
 
 
-@pytest.fixture(scope="module", params=[2, 4])
-def sp_run(request, tmp_path_factory):
-    return sp_results("block_scope_worker.py", request.param, tmp_path_factory.mktemp("bssp"))
+sp_run = sp_run_fixture("block_scope_worker.py")
 
 
 @pytest.mark.parametrize("mode", list(BLOCK_MODES))
@@ -61,7 +59,7 @@ def expected_volume(ctrl, ratio: float, frames: int, C: int, sp: int) -> dict:
     (base blocks, two neighbours) the query, the neighbours' keys and values and the output (``C + 2*2C + C``)."""
     N = ctrl.hw[0] * ctrl.hw[1]
     kept = {name: N - sum(band_budgets(ctrl.hw, ratio, lay.stride, lay.ordinal, ctrl.bands))
-            for name, lay in zip(ctrl.names, ctrl.geometries)}
+            for name, lay in zip(ctrl.names, ctrl.layouts)}
     share = frames * C * (sp - 1) / sp
     return dict(self_attn=share * 4 * sum(kept.values()),
                 cross_view=share * 6 * sum(r for name, r in kept.items() if name.startswith("base_blocks_s")),

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.embedded.host.layers import Attention
 
 torch_dynamo = pytest.importorskip("torch._dynamo")
@@ -15,7 +15,7 @@ torch_dynamo = pytest.importorskip("torch._dynamo")
 def _case(ratio, bands):
     torch.manual_seed(0)
     attn = Attention(64, 4).eval()
-    layout = BlockGeometry(1, (4, 4), (2, 2), 2)
+    layout = BlockLayout(1, (4, 4), (2, 2), 2)
     x = torch.randn(3, 6 * 7, 64)
 
     def fn(t):

@@ -5,7 +5,7 @@ import pytest
 import coredit_video as cv
 from coredit_video import get_controller
 from coredit_video.ops import band_budgets
-from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes, sp_results
+from tests.dist.common import BANDS, GRIDS, STRIDE, assert_sp_matches, run_modes, sp_run_fixture
 
 RATIO = 0.3
 # mode name -> (cross_view, cross_view_select, ratio)
@@ -24,9 +24,7 @@ def reference():
     return run_modes(CROSS_VIEW_MODES, patch_cross_view)
 
 
-@pytest.fixture(scope="module", params=[2, 4])
-def sp_run(request, tmp_path_factory):
-    return sp_results("cross_view_worker.py", request.param, tmp_path_factory.mktemp("cvsp"))
+sp_run = sp_run_fixture("cross_view_worker.py")
 
 
 @pytest.mark.parametrize("mode", list(CROSS_VIEW_MODES))
@@ -51,7 +49,7 @@ def test_cross_view_all_to_all_carries_only_retained_tokens(sp_run, reference):
     ctrl = get_controller(reference["kv"]["model"])
     hw = ctrl.hw
     N = hw[0] * hw[1]
-    base = [lay for lay, name in zip(ctrl.geometries, ctrl.names) if name.startswith("base_blocks_s")]
+    base = [lay for lay, name in zip(ctrl.layouts, ctrl.names) if name.startswith("base_blocks_s")]
     kept = [N - sum(band_budgets(hw, RATIO, lay.stride, lay.ordinal, BANDS)) for lay in base]
     dense_f, dense_b = got["dense"]["cross_view_fwd"], got["dense"]["cross_view_bwd"]
     assert dense_f > 0 and dense_b > 0

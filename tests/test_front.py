@@ -4,7 +4,7 @@ import json
 import pytest
 
 from coredit_video.front import (FrontLine, FrontSettings, equal_cost_wins, family_wins, interpolate, parse_line,
-                                 run_cost_flops, split_line, flops_ratio)
+                                 run_cost_flops, line_method_scope, flops_ratio)
 from tests.dist.common import load_tool
 
 
@@ -12,8 +12,8 @@ def test_interpolate_and_split_line():
     assert interpolate([0.2, 0.6], [10.0, 20.0], 0.4) == pytest.approx(15.0)
     assert interpolate([0.6, 0.2], [20.0, 10.0], 0.3) == pytest.approx(12.5)  # unsorted input
     assert interpolate([0.2, 0.6], [10.0, 20.0], 0.7) is None  # no extrapolation
-    assert split_line("coredit_copy@block") == ("coredit_copy", "block")
-    assert split_line("tome") == ("tome", "attention")
+    assert line_method_scope("coredit_copy@block") == ("coredit_copy", "block")
+    assert line_method_scope("tome") == ("tome", "attention")
     assert parse_line("coredit@block+cache/20") == FrontLine("coredit", "block", True, 20)
     assert parse_line("coredit_merge/15") == FrontLine("coredit_merge", "attention", False, 15)
     assert parse_line("coredit@block+cache_all") == FrontLine("coredit", "block", True, None, "all")

@@ -37,8 +37,8 @@ def package_imports():
 
 
 # The plugin: what ``cv.apply`` runs inside a host ("" is the package's ``__init__``).
-PLUGIN = ("", "adapters", "attention", "config", "controller", "execution", "flops", "forward_context",
-          "kernels", "methods", "ops", "parallel", "plan", "plugin", "registry", "schedule")
+PLUGIN = ("", "adapters", "attention", "config", "controller", "flops", "forward_context",
+          "kernels", "methods", "ops", "parallel", "patched_attention", "plan", "plugin", "registry", "schedule")
 
 
 def test_plugin_and_real_stack_seams_never_import_the_embedded_world():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from coredit_video import kernels
-from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.embedded.host.layers import Attention
 from coredit_video.kernels import reconstruct, spatial_coherence
 from coredit_video.ops import band_budgets, select_tokens
@@ -183,7 +183,7 @@ def test_triton_pruned_attention_matches_torch(device):
     torch.manual_seed(0)
     attn = Attention(64, 4).to(device).eval()
     x = torch.randn(2, 8 * 9, 64, device=device)
-    layout = BlockGeometry(0, (4, 4), (2, 2), 2)
+    layout = BlockLayout(0, (4, 4), (2, 2), 2)
     with torch.no_grad():
         y_t = _with_mode("torch", pruned_self_attention, attn, x, (8, 9), 0.4, layout, 2)
         y_k = _with_mode("triton", pruned_self_attention, attn, x, (8, 9), 0.4, layout, 2)

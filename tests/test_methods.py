@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import coredit_video as cv
-from coredit_video.attention import BlockGeometry, ViewPairs, pruned_cross_view_attention, pruned_self_attention
+from coredit_video.attention import BlockLayout, ViewPairs, pruned_cross_view_attention, pruned_self_attention
 from coredit_video.attention.pruned import local_attend
 from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.embedded.host.layers import Attention
@@ -25,7 +25,7 @@ C = 32
 # columns (3); sub-grid cells 2 x 3 clipped to their grid cell (1-row and 1-column remnants)
 HW = (10, 11)
 BANDS = 2
-LAYOUT = BlockGeometry(1, (3, 4), (2, 3), 2)
+LAYOUT = BlockLayout(1, (3, 4), (2, 3), 2)
 RATIO = 0.4
 
 
@@ -157,7 +157,7 @@ def _restore_inputs():
     cell 0 = {0, 1, 2, 6, 7, 8}: retained 0, 2 and 7 where x_2 = 2 x_0 (an exact cosine tie: 0 must win);
     cell 1 = {3, 4, 5, 9, 10, 11}: no retained token (eq. 3: grid cell);
     cell 2 = {12, 13, 14, 18, 19, 20}: retained 13 only; cell 3 = {15, 16, 17, 21, 22, 23}: retained 16 and 23."""
-    hw, layout = (4, 6), BlockGeometry(0, (4, 6), (2, 3), 1)
+    hw, layout = (4, 6), BlockLayout(0, (4, 6), (2, 3), 1)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 24, C, generator=g)
     x[0, 1] = x[0, 0] + 0.05 * torch.randn(C, generator=g)  # nearest to 0 / 2 (tie), not to 7
@@ -176,7 +176,7 @@ def test_copy_restore_on_a_hand_made_selection_ties_to_the_lower_index_and_falls
     eq3 = CoReDiT().restore(y_keep, x, sel, None, geo)
     kept = sel.keep[0].tolist()
     row = {t: y_keep[0, r] for r, t in enumerate(kept)}
-    sub_of, cell_of, band_of = _cells(geo.hw, 1, geo.block.grid, geo.block.subgrid)
+    sub_of, cell_of, band_of = _cells(geo.hw, 1, geo.layout.grid, geo.layout.subgrid)
     assert _cos(x[0, 1], x[0, 0]) == _cos(x[0, 1], x[0, 2])  # the tie is exact
     for t in range(24):
         if t in row:
@@ -399,7 +399,7 @@ def _todo_reference(attn, x, hw, ratio, layout, bands):
 @pytest.mark.parametrize("hw, bands", [((7, 10), 1), ((6, 7), 2)])  # odd band heights and widths: clipped cells
 def test_todo_matches_a_loop_reference(hw, bands):
     attn, x = _attn(), _x(hw)
-    layout = BlockGeometry(1, (3, 4), (2, 2), 2)
+    layout = BlockLayout(1, (3, 4), (2, 2), 2)
     seen = []
 
     def attend(a, red):
@@ -418,7 +418,7 @@ def test_todo_matches_a_loop_reference(hw, bands):
 
 
 def test_todo_ties_go_to_the_lower_cell_and_the_count_caps_at_the_whole_cells():
-    hw, layout, attn = (4, 6), BlockGeometry(0, (2, 2), (2, 2), 2), _attn()
+    hw, layout, attn = (4, 6), BlockLayout(0, (2, 2), (2, 2), 2), _attn()
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 24, C, generator=g)  # incoherent cells (|mean xhat| ~ 0.5)
     base = torch.randn(C, generator=g)
@@ -536,6 +536,28 @@ def test_plugin_cross_view_qkv_only_for_methods_that_support_it(host, name):
         assert y.shape == dense.shape and torch.isfinite(y).all()
     finally:
         cv.remove(model)
+
+
+def test_block_scope_refuses_a_method_whose_keys_differ_from_its_queries():
+    """Block scope runs the block on one token set (Reduced.q): a method giving Reduced.kv that claims block scope
+    is refused at its first call, naming the flag to clear."""
+    import coredit_video as cv
+    from coredit_video.methods import REGISTRY, register
+    from coredit_video.methods.coredit_kv import CoReDiTKV
+    from tests.test_cross_view import build, inputs
+
+    class KVBlock(CoReDiTKV):
+        name, supports_block_scope = "kv_block", True
+
+    register(KVBlock)
+    try:
+        model = build()
+        cv.apply(model, dict(ratios=0.3, method="kv_block", scope="block"))
+        with torch.no_grad(), pytest.raises(ValueError, match="supports_block_scope = False"):
+            model(**inputs())
+        cv.remove(model)
+    finally:
+        REGISTRY.pop("kv_block", None)
 
 
 def test_a_fine_tuning_config_refuses_a_method_that_passes_no_gradients():

@@ -39,7 +39,7 @@ def test_plan_applies_its_whole_layout(tiny_host, tiny_inputs, plan_path):
     assert ctrl.bands == 2 and ctrl.ratios == RATIOS
     assert ctrl.cfg.stride == 2 and ctrl.cfg.late_factor == 0.5 and ctrl.cfg.late_steps == 2
     assert ctrl.cfg.grid_specs == [((3, 3), (2, 2)), ((2, 4), (2, 2))]
-    assert [lay.stride for lay in ctrl.geometries] == [2, 2, 2]
+    assert [lay.stride for lay in ctrl.layouts] == [2, 2, 2]
     assert ctrl.set_step(7, 10) == "main" and ctrl.set_step(8, 10) == "late"  # late_steps=2, not 4
     got = [_run(tiny_host, tiny_inputs, ctrl, s) for s in (0, 9)]
     ref_ctrl = cv.apply(tiny_host, dict(LAYOUT, ratios=RATIOS))  # the layout spelled out

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import coredit_video as cv
-from coredit_video.attention import BlockGeometry, dense_self_attention, pruned_self_attention
+from coredit_video.attention import BlockLayout, dense_self_attention, pruned_self_attention
 from coredit_video.embedded.host import MultiViewSTDiT, host_config
 from coredit_video.ops import reconstruct, select_tokens, spatial_coherence
 
@@ -125,7 +125,7 @@ def test_pruned_attention_matches_manual_composition():
     torch.manual_seed(0)
     attn = MultiViewSTDiT(host_config("tiny")).base_blocks_s[0].attn
     x = torch.randn(3, 6 * 7, 64)
-    layout = BlockGeometry(1, (4, 4), (2, 2), 2)
+    layout = BlockLayout(1, (4, 4), (2, 2), 2)
     y = pruned_self_attention(attn, x, (6, 7), 0.4, layout, bands=2).out
     sc = spatial_coherence(x, (6, 7), (4, 4), 2)
     keep, skip = select_tokens(sc, (6, 7), 0.4, 2, 1, 2)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from coredit_video.attention import BlockGeometry, pruned_self_attention
+from coredit_video.attention import BlockLayout, pruned_self_attention
 from coredit_video.attention.backends import dense_self_attention
 from coredit_video.attention_probe import AttentionErrorProbe
 from coredit_video.methods import CallGeometry
@@ -16,7 +16,7 @@ from coredit_video.ops.partition import partition
 from tests.dist.common import load_tool
 
 HW = (8, 12)
-LAYOUT = BlockGeometry(1, (4, 4), (2, 2), 2)
+LAYOUT = BlockLayout(1, (4, 4), (2, 2), 2)
 tool = load_tool("probe_token_reduction")
 
 

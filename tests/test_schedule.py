@@ -25,7 +25,7 @@ def run(schedule, per_step, steps):
 def test_picks_most_redundant_block_each_interval():
     s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=3, target_ratio=0.5), NAMES, max_ratio=0.5)
     d = run(s, [0.1, 0.9, 0.5, 0.2], 3)
-    assert [x.block for x in d] == [1] and s.ratios == [0.0, 0.1, 0.0, 0.0]
+    assert [x.ordinal for x in d] == [1] and s.ratios == [0.0, 0.1, 0.0, 0.0]
     assert d[0].step == 3 and d[0].mean_ratio == pytest.approx(0.025)
     # no decision between intervals
     assert run(s, [0.1, 0.9, 0.5, 0.2], 2) == []
@@ -37,13 +37,13 @@ def test_average_over_steps_not_last_value():
     s.step()
     s.observe([0.0, 0.8, 0.0, 0.0])  # block 1 has the larger last value, block 0 the larger mean
     d = s.step()
-    assert d.block == 0
+    assert d.ordinal == 0
 
 
 def test_cap_respected_and_capped_blocks_skipped():
     s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.2, interval=1, target_ratio=0.5), NAMES[:2], max_ratio=0.5)
     d = run(s, [1.0, 0.1], 4)
-    assert [x.block for x in d] == [0, 0, 0, 1]  # 0.2, 0.4, 0.5 (capped), then block 1
+    assert [x.ordinal for x in d] == [0, 0, 0, 1]  # 0.2, 0.4, 0.5 (capped), then block 1
     assert s.ratios == [0.5, 0.2]
     assert max(s.ratios) <= 0.5
 
@@ -57,12 +57,12 @@ def test_stops_at_target_mean_ratio():
 
 def test_ties_go_to_lowest_ordinal():
     s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
-    assert run(s, [0.3, 0.7, 0.7, 0.7], 1)[0].block == 1
+    assert run(s, [0.3, 0.7, 0.7, 0.7], 1)[0].ordinal == 1
 
 
 def test_blocks_without_statistics_are_not_picked():
     s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
-    assert run(s, [None, 0.2, None, 0.1], 1)[0].block == 1
+    assert run(s, [None, 0.2, None, 0.1], 1)[0].ordinal == 1
 
 
 def test_all_reduce_hook_sees_sums_and_counts():
@@ -76,7 +76,7 @@ def test_all_reduce_hook_sees_sums_and_counts():
     s = ProgressiveSchedule(ScheduleConfig(delta_ratio=0.1, interval=1, target_ratio=0.5), NAMES, max_ratio=0.5)
     s.observe([1.0, 2.0, 0.0, 0.0])
     d = s.step(all_reduce=fake_all_reduce)
-    assert seen[0].tolist() == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and d.block == 2
+    assert seen[0].tolist() == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and d.ordinal == 2
 
 
 def test_state_dict_round_trip():

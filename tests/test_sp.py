@@ -5,7 +5,7 @@ import torch
 from coredit_video import get_controller
 from coredit_video.ops import band_budgets
 from tests.dist.common import (BANDS, MESH_OPTIM, MESH_STEPS, MODES, assert_sp_matches, build_host, mesh_batch,
-                               mesh_loss, patch, run_modes, sp_results, torchrun)
+                               mesh_loss, patch, run_modes, sp_run_fixture, torchrun)
 
 
 @pytest.fixture(scope="module")
@@ -13,9 +13,7 @@ def reference():
     return run_modes(MODES, patch)
 
 
-@pytest.fixture(scope="module", params=[2, 4])
-def sp_run(request, tmp_path_factory):
-    return sp_results("sp_worker.py", request.param, tmp_path_factory.mktemp("sp"))
+sp_run = sp_run_fixture("sp_worker.py")
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -39,7 +37,7 @@ def test_all_to_all_carries_only_retained_tokens(sp_run, reference):
     hw = ctrl.hw
     N = hw[0] * hw[1]
     kept = [
-        N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.geometries)
+        N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.layouts)
     ]
     expected = sum(kept) / (N * len(kept))
     dense = got["ratio0"]["self_attn_fwd"]

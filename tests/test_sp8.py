@@ -47,7 +47,7 @@ def test_sp8_prunes_and_sends_only_retained_tokens(runs):
     assert hw == (24, 8) and ctrl.bands == BANDS
     N = hw[0] * hw[1]
     kept = [
-        N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.geometries)
+        N - sum(band_budgets(hw, r, lay.stride, lay.ordinal, BANDS)) for r, lay in zip(ctrl.ratios, ctrl.layouts)
     ]
     assert got["ratio0.3"]["self_attn_fwd"] / got["dense"]["self_attn_fwd"] == pytest.approx(
         sum(kept) / (N * len(kept)), rel=1e-12)

@@ -267,8 +267,8 @@ def test_gated_form_needs_an_adapter_that_knows_the_gates(monkeypatch):
 
 
 def test_full_context_queries_are_rows_of_the_full_attention():
-    """cache_context='all': the computed tokens' attention over every token's (cached) keys and values is the
-    matching rows of full self-attention over those inputs."""
+    """cache_context='self' / 'all': the computed tokens' attention over every token's (cached) keys and values is
+    the matching rows of full self-attention over those inputs."""
     from coredit_video.attention.backends import dense_self_attention
     from coredit_video.step_cache import full_context_attention
 
@@ -289,24 +289,66 @@ def test_full_context_queries_are_rows_of_the_full_attention():
     assert "forward" not in attn.__dict__  # the patch is gone after the call
 
 
+def test_full_context_cross_view_keys_are_the_neighbours_every_token():
+    """cache_context='all': a cross-view call's keys and values become the neighbour frames' every token (the
+    skipped ones cached, the computed ones fresh), as the host's own call on full frames would give for the
+    computed queries."""
+    from coredit_video.embedded.host.adapter import ring_pairs
+    from coredit_video.step_cache import full_context_cross_view
+
+    model = build()
+    attn = model.base_blocks_s[0].cross_view_attn
+    B, V, Tn, Nf, R = 1, 3, 2, 10, 6
+    C = attn.proj.in_features
+    pairs = ring_pairs(B, V, Tn)
+    g = torch.Generator().manual_seed(1)
+    full = torch.randn(B * V * Tn, Nf, C, generator=g)  # every frame's cross-view input now
+    keep = torch.stack([torch.sort(torch.randperm(Nf, generator=g)[:R]).values for _ in range(B * V * Tn)])
+    skipped = torch.ones(B * V * Tn, Nf, dtype=torch.bool).scatter(1, keep, False)
+    cached = torch.where(skipped.unsqueeze(-1), full, full + 0.5)  # stale rows for the computed tokens
+    idx = keep.unsqueeze(-1).expand(-1, -1, C)
+    h = full.gather(1, idx)  # the block's rows: the computed tokens
+    cond_reduced = torch.cat([h[pairs.kv[:, j]] for j in range(2)], dim=1)  # what the block would pass
+    with torch.no_grad(), full_context_cross_view(attn, pairs, cached, keep) as seen:
+        out = attn(h, cond_reduced)
+    cond_full = torch.cat([full[pairs.kv[:, j]] for j in range(2)], dim=1)  # independent: neighbours, every token
+    with torch.no_grad():
+        want = type(attn).forward(attn, full, cond_full).gather(1, idx)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(seen["inputs"], full) and "forward" not in attn.__dict__
+
+
 def test_full_context_loop_and_its_refusals():
     model = build()
     dense, _ = loop(model)
-    full = dict(CACHE, cache_context="all")
-    got, ctrl = loop(model, full)
     retained, _ = loop(model, CACHE)
-    assert torch.equal(got[0][0], dense[0][0])
-    for i in range(1, 5):
-        y, d = got[i][0], dense[i][0]
-        assert torch.isfinite(y).all() and not torch.equal(y, retained[i][0])
-        assert float((y - d).norm() / d.norm()) < 0.05, i
-    assert all(e.attn_inputs is not None for e in ctrl.step_cache.entries.values())
-    zero, _ = loop(model, dict(full, ratios=0.0))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(zero, dense))
-    assert cv.remove(model) and not any("forward" in m.__dict__ for m in model.modules())
+    runs = {}
+    for context in ("self", "all"):
+        full = dict(CACHE, cache_context=context)
+        got, ctrl = loop(model, full)
+        runs[context] = got
+        assert torch.equal(got[0][0], dense[0][0])
+        for i in range(1, 5):
+            y, d = got[i][0], dense[i][0]
+            assert torch.isfinite(y).all() and not torch.equal(y, retained[i][0])
+            assert float((y - d).norm() / d.norm()) < 0.05, i
+        entries = list(ctrl.step_cache.entries.values())
+        assert all(e.attn_inputs is not None for e in entries)
+        # "all": the blocks with a cross-view attention (the base blocks) cache its inputs; "self" never does
+        assert sum(e.cross_view_inputs is not None for e in entries) == (len(model.base_blocks_s) if context == "all"
+                                                                         else 0)
+        again, _ = loop(model, full)
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
+        zero, _ = loop(model, dict(full, ratios=0.0))
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(zero, dense))
+        assert cv.remove(model) and not any("forward" in m.__dict__ for m in model.modules())
+    assert not torch.equal(runs["self"][2][0], runs["all"][2][0])  # the cross-view keys changed the outputs
     with pytest.raises(ValueError, match="dense_steps >= 1"):
         PruneConfig.build(dict(CACHE, cache_context="all", dense_steps=0))
     with pytest.raises(ValueError, match="cache_context must be one of"):
         PruneConfig.build(dict(CACHE, cache_context="every"))
-    assert cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual", "all") == \
-        cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual") + 2 * 10 * 8 * 2
+    one = 2 * 10 * 8 * 2  # F N C in bf16
+    base = cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual")
+    assert cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual", "self") == base + one
+    assert cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual", "all") == base + one
+    assert cache_bytes_per_block(2, 10, 8, 2, "coherence", "residual", "all", cross_view=True) == base + 2 * one

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import coredit_video as cv
-from tests.dist.common import BANDS, GRIDS, STRIDE, build_host, inputs, sp_results
+from tests.dist.common import BANDS, GRIDS, STRIDE, build_host, inputs, sp_run_fixture
 
 STEPS = 4
 MODES = {"cache": dict(max_stale=None, cache_select="change"), "cache_stale1": dict(max_stale=1),
@@ -38,9 +38,7 @@ def reference():
     return cache_loops()
 
 
-@pytest.fixture(scope="module", params=[2, 4])
-def sp_run(request, tmp_path_factory):
-    return sp_results("step_cache_worker.py", request.param, tmp_path_factory.mktemp("scsp"))
+sp_run = sp_run_fixture("step_cache_worker.py")
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover
         def set_mode(mode):
             return mode
 from coredit_video.cli import fail  # noqa: E402
-from coredit_video.attention import BlockGeometry, dense_self_attention, pruned_self_attention  # noqa: E402
+from coredit_video.attention import BlockLayout, dense_self_attention, pruned_self_attention  # noqa: E402
 from coredit_video.embedded.host.layers import Attention  # noqa: E402
 from coredit_video.flops import tokens_for_resolution  # noqa: E402
 from coredit_video.methods import build_method, gather_tokens, method_names  # noqa: E402
@@ -166,7 +166,7 @@ def bench_resolution(args, res: str, device, dtype, timer, attn) -> List[dict]:
     if res in args.frames_per_call:  # explicit view-frames per call (small CPU runs)
         Fr = B = args.frames_per_call[res]
     grid, sub = DEFAULT_GRIDS[args.block % 2]
-    layout = BlockGeometry(args.block, grid, sub, args.stride)
+    layout = BlockLayout(args.block, grid, sub, args.stride)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(Fr, N, C, generator=g).to(device=device, dtype=dtype)
     params = list(attn.parameters())

@@ -65,6 +65,9 @@ def build_parser() -> ArgumentParser:
                    help="prune.cache_select (change also caches each token's input)")
     p.add_argument("--cache-form", default="residual", choices=("residual", "gated"),
                    help="prune.cache_form (gated caches the attention and MLP branches too)")
+    p.add_argument("--cache-context", default="retained", choices=("retained", "self", "all"),
+                   help="prune.cache_context (self / all cache the self-attention inputs; all also the cross-view "
+                        "attention's, in blocks that have one)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--blocks", action="store_true", help="table: also list every prunable block")
     return p
@@ -174,7 +177,8 @@ def main(argv=None) -> int:
     if args.step_cache:
         if args.scope != "block":
             parser.error("--step-cache caches block residuals: add --scope block")
-        res["step_cache"] = step_cache_memory(res, F.get_spec(args.preset).hidden, args.cache_select, args.cache_form)
+        res["step_cache"] = step_cache_memory(res, F.get_spec(args.preset).hidden, args.cache_select, args.cache_form,
+                                              args.cache_context)
     if args.json:
         print(json.dumps(res))
     else:
@@ -188,16 +192,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def step_cache_memory(res: dict, hidden: int, select: str, form: str = "residual") -> dict:
-    """The step cache's bytes per block and per rank for the counted geometry (bf16, one forward slot of batch 1)."""
+def step_cache_memory(res: dict, hidden: int, select: str, form: str = "residual", context: str = "retained") -> dict:
+    """The step cache's bytes per block and per rank for the counted geometry (bf16, one forward slot of batch 1);
+    ``bytes_per_block_per_rank`` is the largest block's (with ``context="all"`` the blocks with cross-view attention
+    cache its inputs too)."""
     from coredit_video.step_cache import cache_bytes_per_block
 
     inp = res["inputs"]
     ranks = inp["bands"]
     frames, tokens = inp["views"] * inp["latent_frames"], inp["tokens_per_frame"] // ranks
-    per_block = cache_bytes_per_block(frames, tokens, hidden, 2, select, form)
-    return dict(select=select, form=form, ranks=ranks, frames=frames, tokens_per_rank=tokens, blocks=len(res["blocks"]),
-                bytes_per_block_per_rank=per_block, bytes_per_rank=per_block * len(res["blocks"]))
+    per_block = [cache_bytes_per_block(frames, tokens, hidden, 2, select, form, context, b["cross_view_dense"] > 0)
+                 for b in res["blocks"]]
+    return dict(select=select, form=form, context=context, ranks=ranks, frames=frames, tokens_per_rank=tokens,
+                blocks=len(res["blocks"]), bytes_per_block_per_rank=max(per_block), bytes_per_rank=sum(per_block))
 
 
 if __name__ == "__main__":

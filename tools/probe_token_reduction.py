@@ -54,7 +54,7 @@ def _coredit_retained(attn, x, geo):
     from coredit_video.methods.coredit import CoReDiT
 
     Fr, N, _ = x.shape
-    sel = CoReDiT().select(x, geo, spatial_coherence(x, geo.hw, geo.block.grid, geo.bands))
+    sel = CoReDiT().select(x, geo, spatial_coherence(x, geo.hw, geo.layout.grid, geo.bands))
     skipped = torch.zeros(Fr, N, dtype=torch.bool, device=x.device)
     skipped[torch.arange(Fr).view(Fr, 1), sel.skip] = True
     y_keep = dense_self_attention(attn, gather_tokens(x, sel.keep))
@@ -94,7 +94,7 @@ def coredit_local_nearest(attn, x, geo):
     from coredit_video.ops.partition import partition
 
     sel, y_keep, skipped, sim = _coredit_retained(attn, x, geo)
-    part = partition(geo.hw, geo.block.grid, geo.block.subgrid, geo.bands)
+    part = partition(geo.hw, geo.layout.grid, geo.layout.subgrid, geo.bands)
     level = torch.full_like(sim, -1.0)
     for ids in (part.band, part.cell, part.sub):  # coarse to fine: a finer match overrides
         same = ids[sel.skip].unsqueeze(-1) == ids[sel.keep].unsqueeze(1)  # [F, K, N-K]

@@ -34,7 +34,8 @@ class HostAdapter:
     gated_branches: Tuple[str, str] = ("attn", "mlp")
 
     def block_gates(self, block: nn.Module, args: tuple, kwargs: dict):
-        """``(gate_attn, gate_mlp)`` ``[B*NC, 1, C]`` of one spatial block call (the adaLN gates of its
+        """``(gate_attn, gate_mlp)`` ``[B*NC, 1, C]`` (or per frame, ``[B*NC*T, 1, C]``, where frames differ, as
+        MagicDrive-V2's ``x_mask`` first frames do) of one spatial block call (the adaLN gates of its
         self-attention and MLP branches), or ``None`` where the adapter does not know them (the gated step cache
         then refuses)."""
         return None

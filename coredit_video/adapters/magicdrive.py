@@ -97,6 +97,24 @@ class MagicDriveV2Adapter(HostAdapter):
     # MultiViewSTDiT3Block.forward(x, y, t, mask, x_mask, t0, T, S, NC, mv_order_map, t_order_map)
     block_args = {"x": (0, "x"), "T": (6, "T"), "S": (7, "S"), "derived": (1, "after_proj")}  # control: (x, skip)
 
+    def block_gates(self, block, args, kwargs):
+        """``gate_msa`` and ``gate_mlp`` of ``MultiViewSTDiT3Block`` (chunks 2 and 5 of ``scale_shift_table + t``,
+        each sample's repeated over its ``NC`` views): ``[B*NC, 1, C]``; with ``x_mask`` per frame ``[B*NC*T, 1, C]``,
+        the frames ``x_mask`` marks False taking the ``t0`` gates, as the block's ``t_mask_select`` does."""
+        get = lambda i, k: args[i] if len(args) > i else kwargs.get(k)  # noqa: E731
+        t, x_mask, t0, T, NC = get(2, "t"), get(4, "x_mask"), get(5, "t0"), int(get(6, "T")), int(get(8, "NC"))
+
+        def gates(tt):
+            mod = (block.scale_shift_table[None] + tt.reshape(tt.shape[0], 6, -1)).repeat_interleave(NC, 0)
+            return mod[:, 2:3], mod[:, 5:6]
+
+        g = gates(t)
+        if x_mask is None:
+            return g
+        keep = x_mask.reshape(-1, 1, 1)  # [B*NC*T, 1, 1]: True takes t's gates
+        return tuple(torch.where(keep, a.repeat_interleave(T, 0), z.repeat_interleave(T, 0))
+                     for a, z in zip(g, gates(t0)))
+
     def matches(self, model) -> bool:
         return any(cls.__name__ in CLASS_NAMES for cls in type(model).__mro__)
 
@@ -120,7 +138,7 @@ class MagicDriveV2Adapter(HostAdapter):
                 raise RuntimeError("a MagicDrive-V2 spatial block ran outside the model's forward; the adapter "
                                    "learns the frame width from MagicDriveSTDiT3.forward")
             controller.forwards.set_frame_height(ctx, _rows(int(get(7, "S")), ctx.width, controller))
-            if controller.cross_view_modules and ctx.views is None and get(9, "mv_order_map") is not None:
+            if controller.needs_views and ctx.views is None and get(9, "mv_order_map") is not None:
                 x, T, NC = get(0, "x"), int(get(6, "T")), int(get(8, "NC"))
                 ctx.views = order_map_pairs(x.shape[0] // NC, NC, T, get(9, "mv_order_map"), x.device)
 

@@ -5,7 +5,7 @@ view-frame's ``n`` tokens, every key row the tokens of ``J`` neighbour view-fram
 built-in host: ``J = 2``, one softmax over both neighbours; MagicDrive-V2: ``J = 1``, one row per
 (target, neighbour) pair, the host sums the pair outputs). :class:`ViewPairs` names the view-frame
 of every row and chunk as an index into the ``F`` frames of the block's spatial self-attention
-(``[B*NC*T, n, C]``, frame ``(b*NC + view)*T + t``), so a :class:`~.pruned.Selection` made for those
+(``[B*NC*T, n, C]``, frame ``(b*NC + view)*T + t``), so a :class:`~coredit_video.methods.Selection` made for those
 frames (by the self-attention, or fresh from the cross-view input) applies to any host's layout.
 
 Modes (prune config ``cross_view``):
@@ -26,10 +26,10 @@ import torch.nn as nn
 from .backends import attention, attn_dropout, output_projection, split_qkv_heads
 from ..kernels import reconstruct
 from ..methods.base import Selection
-from ..ops.selection import BlockGeometry, gather_tokens
+from ..ops.selection import BlockLayout, gather_tokens
 
 # attend(q, k, v, q_pruned) -> o; all [rows, tokens, heads, head_dim]
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+CrossViewAttend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 # restore(y_keep [F', n-K, C], x [F', n, C], selection of the query rows) -> [F', n, C]
 Restore = Callable[[torch.Tensor, torch.Tensor, Selection], torch.Tensor]
 
@@ -58,7 +58,7 @@ class ViewPairs:
         return cls(q, kv, first)
 
 
-def local_cross_view_attend(attn: nn.Module, backend: str = "auto") -> Attend:
+def local_cross_view_attend(attn: nn.Module, backend: str = "auto") -> CrossViewAttend:
     """Attention on this process's rows (no sequence parallelism)."""
     return lambda q, k, v, q_pruned: attention(q, k, v, attn.scale, backend, attn_dropout(attn))
 
@@ -79,14 +79,14 @@ def pruned_cross_view_attention(
     sel: Selection,
     mode: str,
     hw,
-    geometry: BlockGeometry,
+    layout: BlockLayout,
     bands: int = 1,
-    attend: Optional[Attend] = None,
+    attend: Optional[CrossViewAttend] = None,
     restore: Optional[Restore] = None,
 ) -> torch.Tensor:
     """Cross-view attention of ``x [F', n, C]`` to ``cond [F', J*n, C]`` on the tokens ``sel`` retained.
 
-    ``sel`` indexes the ``F`` self-attention frames (``[F, n-K]``); ``hw`` / ``geometry`` / ``bands`` are the
+    ``sel`` indexes the ``F`` self-attention frames (``[F, n-K]``); ``hw`` / ``layout`` / ``bands`` are the
     frame geometry of this process's ``n`` tokens (as for the self-attention). ``attend(q, k, v, q_pruned)``
     runs the softmax attention (default: local; sequence parallelism passes one over the all-to-all).
     ``restore(y_keep, x, sel_q)`` rebuilds the skipped query rows in ``qkv`` mode (default: eq. 3).
@@ -109,4 +109,4 @@ def pruned_cross_view_attention(
     sel_q = Selection(q_keep, sel.skip[pairs.q], sel.sc[pairs.q])
     if restore is not None:
         return restore(y_keep, x, sel_q)
-    return reconstruct(y_keep, q_keep, sel_q.skip, sel_q.sc, hw, geometry.grid, geometry.subgrid, bands)
+    return reconstruct(y_keep, q_keep, sel_q.skip, sel_q.sc, hw, layout.grid, layout.subgrid, bands)

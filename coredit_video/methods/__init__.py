@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple, Type
 
-from .base import (AttentionResult, BlockGeometry, CallGeometry, Reduced, Selection, TokenReducer, gather_tokens,
+from .base import (AttentionResult, BlockLayout, CallGeometry, Reduced, Selection, TokenReducer, gather_tokens,
                    scatter_rows)
 from .coredit import CoReDiT
 from .coredit_copy import CoReDiTCopy
@@ -50,5 +50,5 @@ def build_method(name: str, **options) -> TokenReducer:
     return cls(**{k: v for k, v in options.items() if k in cls.options})
 
 
-__all__ = ["AttentionResult", "BlockGeometry", "CallGeometry", "REGISTRY", "Reduced", "Selection", "TokenReducer",
+__all__ = ["AttentionResult", "BlockLayout", "CallGeometry", "REGISTRY", "Reduced", "Selection", "TokenReducer",
            "build_method", "gather_tokens", "method_names", "register", "scatter_rows"]

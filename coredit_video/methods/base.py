@@ -4,10 +4,10 @@ A method is a :class:`TokenReducer` registered by name (:mod:`coredit_video.meth
 (:func:`coredit_video.attention.pruned.pruned_self_attention`) runs every method the same way, on ``x [F, N, C]``
 (``F`` = batch x views x frames on this rank, ``N`` = this rank's tokens of a frame):
 
-1. ``plan = method.select(x, geo, sc)``   what to drop or merge (``None``: nothing this call, dense)
-2. ``red = method.reduce(x, plan, geo)``  what attention sees: queries, and keys/values when they differ
+1. ``choice = method.select(x, geo, sc)`` what to drop or merge
+2. ``red = method.reduce(x, choice, geo)`` what attention sees: queries, and keys/values when they differ
 3. ``y = attend(attn, red)``              the host's MHSA on the reduced tokens (local or over SP)
-4. ``out = method.restore(y, x, plan, red, geo)``  ``[F, N, C]``
+4. ``out = method.restore(y, x, choice, red, geo)``  ``[F, N, C]``
 
 ``sc [F, N]`` (float32) are the spatial-coherence scores, computed by the core only when the method uses them
 (:attr:`TokenReducer.uses_scores`) or the schedule records statistics.
@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..ops.selection import BlockGeometry, CallGeometry, gather_tokens, scatter_rows  # noqa: F401 (the method API)
+from ..ops.selection import BlockLayout, CallGeometry, gather_tokens, scatter_rows  # noqa: F401 (the method API)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class Selection:
 class Reduced:
     """What attention runs on. ``q [F, Nq, C]``: the query tokens; ``kv [F, Nk, C]``: the key / value tokens
     (``None``: the queries'); ``log_size [F, Nk]``: added to every query's logit of each key (ToMe's proportional
-    attention; ``None``: no bias); ``state``: whatever the method's ``restore`` needs."""
+    attention; ``None``: no bias); ``state``: whatever the method's ``restore`` needs. Under sequence parallelism
+    and in block scope one token set travels, ``q`` (block scope also drops ``log_size``: the block's own attention
+    takes no bias), so a method that sets ``kv`` must declare ``supports_sp = False`` and ``supports_block_scope =
+    False``; a call that breaks this raises."""
 
     q: torch.Tensor
     kv: Optional[torch.Tensor] = None
@@ -61,7 +64,7 @@ class TokenReducer:
 
     ``uses_scores``: ``select`` / ``restore`` read the coherence scores. ``supports_sp``: runs under sequence
     parallelism (its reduced queries and keys are equal per-rank counts of each rank's own bands).
-    ``supports_cross_view``: its plan is a CoReDiT :class:`Selection` the block's cross-view attention may reuse.
+    ``supports_cross_view``: its choice is a CoReDiT :class:`Selection` the block's cross-view attention may reuse.
     ``supports_block_scope``: its ``restore`` can rebuild a whole block's residual. ``trainable``: gradients
     reach the host's weights through it (a fine-tuning config naming a method that sets it ``False`` is refused).
     ``options``: the config fields its constructor takes. ``kv_only``: it reduces the keys and values only (every
@@ -86,10 +89,10 @@ class TokenReducer:
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> Any:
         raise NotImplementedError
 
-    def reduce(self, x: torch.Tensor, plan: Any, geo: CallGeometry) -> Reduced:
+    def reduce(self, x: torch.Tensor, choice: Any, geo: CallGeometry) -> Reduced:
         raise NotImplementedError
 
-    def restore(self, y: torch.Tensor, x: torch.Tensor, plan: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
+    def restore(self, y: torch.Tensor, x: torch.Tensor, choice: Any, red: Reduced, geo: CallGeometry) -> torch.Tensor:
         raise NotImplementedError
 
     def restore_cross_view(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> torch.Tensor:

@@ -23,7 +23,7 @@ class CoReDiT(TokenReducer):
         return sc.detach()
 
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> Selection:
-        b = geo.block
+        b = geo.layout
         keep, skip = select_tokens(self.selection_scores(x, geo, sc), geo.hw, geo.ratio, b.stride, b.ordinal,
                                    geo.bands)
         return Selection(keep, skip, sc)
@@ -38,5 +38,5 @@ class CoReDiT(TokenReducer):
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
-        b = geo.block
+        b = geo.layout
         return kernels.reconstruct(y, sel.keep, sel.skip, sel.sc, geo.hw, b.grid, b.subgrid, geo.bands)

@@ -33,7 +33,7 @@ class CoReDiTSharp(CoReDiT):
 
     def restore(self, y: torch.Tensor, x: torch.Tensor, sel: Selection, red: Optional[Reduced],
                 geo: CallGeometry) -> torch.Tensor:
-        b = geo.block
+        b = geo.layout
         y_full = super().restore(y, x, sel, red, geo)  # eq. 3: retained rows exact, the fallback for empty cells
         sim, members = cell_similarity(x, retained_mask(sel.keep, x.shape[1]), geo.hw, b.grid, b.subgrid, geo.bands)
         finite = torch.isfinite(sim)

@@ -26,4 +26,4 @@ class RandomSelection(CoReDiT):
     supports_cross_view = False
 
     def selection_scores(self, x: torch.Tensor, geo: CallGeometry, sc: torch.Tensor) -> torch.Tensor:
-        return random_scores(x, geo.block.ordinal)
+        return random_scores(x, geo.layout.ordinal)

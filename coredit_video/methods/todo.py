@@ -67,13 +67,13 @@ class TokenDownsampling(TokenReducer):
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]):
         return pooled_cells(x, geo)
 
-    def reduce(self, x: torch.Tensor, plan, geo: CallGeometry) -> Reduced:
-        cells, unpooled, cell = plan
+    def reduce(self, x: torch.Tensor, choice, geo: CallGeometry) -> Reduced:
+        cells, unpooled, cell = choice
         Fr, N, C = x.shape
         n_cell = int(cell.max()) + 1
         means = x.new_zeros(Fr, n_cell, C).index_add(1, cell, x) / 4
         kv = torch.cat([gather_tokens(x, unpooled), gather_tokens(means, cells)], dim=1)
         return Reduced(x, kv=kv)
 
-    def restore(self, y: torch.Tensor, x: torch.Tensor, plan, red: Reduced, geo: CallGeometry) -> torch.Tensor:
+    def restore(self, y: torch.Tensor, x: torch.Tensor, choice, red: Reduced, geo: CallGeometry) -> torch.Tensor:
         return y

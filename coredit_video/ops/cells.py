@@ -82,7 +82,7 @@ def nearest_retained(x: torch.Tensor, keep: torch.Tensor, skip: torch.Tensor,
                      geo: CallGeometry) -> Tuple[torch.Tensor, torch.Tensor]:
     """For each skipped token ``skip [F, K]`` of ``x [F, N, C]``: the most similar (cosine) retained token of its
     sub-grid cell ``target [F, K]`` (ties: the lower index) and whether its cell holds one, ``has [F, K]``."""
-    b = geo.block
+    b = geo.layout
     with torch.no_grad():
         sim, members = cell_similarity(x.detach(), retained_mask(keep, x.shape[1]), geo.hw, b.grid, b.subgrid,
                                        geo.bands)

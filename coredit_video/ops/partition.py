@@ -129,23 +129,23 @@ def partition(hw: Tuple[int, int], grid: GridArg, subgrid: GridArg = 1, bands: i
 
 
 @functools.lru_cache(maxsize=256)
-def forced_mask(H: int, W: int, stride: int, block_index: int) -> torch.Tensor:
+def forced_mask(H: int, W: int, stride: int, ordinal: int) -> torch.Tensor:
     """``[N]`` bool: tokens at ``(i, j)`` with ``(i + j - l) mod m == 0`` are always retained."""
     i = torch.arange(H).view(H, 1)
     j = torch.arange(W).view(1, W)
-    return ((i + j - block_index) % stride == 0).reshape(-1)
+    return ((i + j - ordinal) % stride == 0).reshape(-1)
 
 
 @functools.lru_cache(maxsize=1024)
-def free_per_band(H: int, W: int, stride: int, block_index: int, bands: int) -> Tuple[int, ...]:
+def free_per_band(H: int, W: int, stride: int, ordinal: int, bands: int) -> Tuple[int, ...]:
     """Non-forced tokens of each band (pure Python, no tensors: traceable by ``torch.compile`` as a
-    constant). Same count as ``(~forced_mask(H, W, stride, block_index)).view(bands, -1).sum(1)``."""
+    constant). Same count as ``(~forced_mask(H, W, stride, ordinal)).view(bands, -1).sum(1)``."""
     hb = H // bands
     out = []
     for b in range(bands):
         forced = 0
         for i in range(b * hb, (b + 1) * hb):
-            r0 = (block_index - i) % stride  # forced columns: j = r0 (mod stride)
+            r0 = (ordinal - i) % stride  # forced columns: j = r0 (mod stride)
             if r0 < W:
                 forced += (W - 1 - r0) // stride + 1
         out.append(hb * W - forced)

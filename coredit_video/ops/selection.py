@@ -44,7 +44,7 @@ def spatial_coherence(x: torch.Tensor, hw, grid: GridArg, bands: int = 1) -> tor
     return torch.einsum("fnc,fnc->fn", xhat, g.index_select(1, cell))
 
 
-def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1) -> List[int]:
+def band_budgets(hw, ratio: float, stride: int, ordinal: int, bands: int = 1) -> List[int]:
     """Number of skipped tokens in each band: ``floor(r * band_tokens)``, never more than the band's
     non-forced tokens, and always leaving at least one retained token to reconstruct from."""
     H, W = check_frame(hw, bands)
@@ -52,7 +52,7 @@ def band_budgets(hw, ratio: float, stride: int, block_index: int, bands: int = 1
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride (m) must be an int >= 1, got {stride!r}")
     band_tokens = H * W // bands
-    free = cached(free_per_band, H, W, stride, block_index, bands)  # pure Python: no tensor, no sync
+    free = cached(free_per_band, H, W, stride, ordinal, bands)  # pure Python: no tensor, no sync
     k = int(math.floor(ratio * band_tokens))
     return [min(k, f, band_tokens - 1) for f in free]
 
@@ -71,7 +71,7 @@ def check_ratio(ratio, max_ratio: Optional[float] = None, name: str = "pruning r
 
 
 def select_tokens(
-    sc: torch.Tensor, hw, ratio: float, stride: int, block_index: int, bands: int = 1,
+    sc: torch.Tensor, hw, ratio: float, stride: int, ordinal: int, bands: int = 1,
     budgets: Optional[List[int]] = None, must_keep: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split each frame's tokens into retained and skipped ones.
@@ -80,8 +80,8 @@ def select_tokens(
         sc: ``[F, N]`` spatial coherence scores (from :func:`spatial_coherence`).
         hw: ``(H, W)`` frame token grid.
         ratio: fraction ``r`` of each band's tokens to skip, ``0 <= r < 1``.
-        stride: ``m``; tokens at ``(i, j)`` with ``(i + j - block_index) % m == 0`` are kept.
-        block_index: ordinal ``l`` of the block among the prunable blocks.
+        stride: ``m``; tokens at ``(i, j)`` with ``(i + j - ordinal) % m == 0`` are kept.
+        ordinal: ordinal ``l`` of the block among the prunable blocks.
         bands: equal row bands; budgets are counted per band.
         budgets: skip count per band instead of :func:`band_budgets` (``ratio`` is then unused); each at most the
             band's tokens that are neither forced nor in ``must_keep`` in any frame.
@@ -95,7 +95,7 @@ def select_tokens(
         raise ValueError(f"sc must be [F, N], got shape {tuple(sc.shape)}")
     H, W = check_frame(hw, bands, sc.shape[1])
     if budgets is None:
-        budgets = band_budgets((H, W), ratio, stride, block_index, bands)
+        budgets = band_budgets((H, W), ratio, stride, ordinal, bands)
     Fr, N = sc.shape
     band_tokens = N // bands
     K = sum(budgets)
@@ -107,7 +107,7 @@ def select_tokens(
     # stall the launch queue once per block; there a NaN input gives NaN outputs, as dense attention does.
     if dev.type == "cpu" and not is_compiling() and not torch.isfinite(sc).all():
         raise ValueError("spatial coherence scores contain NaN or inf; check the block input for NaN")
-    forced = on_device(cached(forced_mask, H, W, stride, block_index), dev)
+    forced = on_device(cached(forced_mask, H, W, stride, ordinal), dev)
     key = sc.float()
     key = torch.where(key == 0, torch.zeros_like(key), key)  # -0.0 == +0.0, as for the sort
     kept = forced if must_keep is None else forced | must_keep
@@ -137,7 +137,7 @@ def select_tokens(
 
 
 def redundancy_increment(
-    sc: torch.Tensor, hw, ratio: float, delta_ratio: float, stride: int, block_index: int, bands: int = 1
+    sc: torch.Tensor, hw, ratio: float, delta_ratio: float, stride: int, ordinal: int, bands: int = 1
 ) -> torch.Tensor:
     """Eq. 4, ``dR = R(K + dK) - R(K)``: sum of the sorted-descending non-forced scores at ranks
     ``[K, K + dK)`` of each band, summed over bands and averaged over frames. Scalar float32."""
@@ -146,7 +146,7 @@ def redundancy_increment(
     band_tokens = N // bands
     k = int(math.floor(ratio * band_tokens))
     dk = max(1, int(math.floor(delta_ratio * band_tokens)))
-    forced = on_device(cached(forced_mask, H, W, stride, block_index), sc.device)
+    forced = on_device(cached(forced_mask, H, W, stride, ordinal), sc.device)
     vals = sc.float().masked_fill(forced, float("-inf")).view(Fr, bands, band_tokens)
     top = torch.topk(vals, min(band_tokens, k + dk), dim=-1).values[..., k:]
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -154,8 +154,9 @@ def redundancy_increment(
 
 
 @dataclass(frozen=True)
-class BlockGeometry:
-    """Per-block pruning geometry: ordinal ``l`` in the plan, grid and sub-grid, m-stride."""
+class BlockLayout:
+    """Where a prunable block's tokens are scored and kept: its ``ordinal`` among the prunable blocks (the paper's
+    ``l``; it shifts the m-stride pattern), its grid and sub-grid (cells), its m-stride."""
 
     ordinal: int
     grid: Tuple[int, int]
@@ -166,12 +167,12 @@ class BlockGeometry:
 @dataclass(frozen=True)
 class CallGeometry:
     """One self-attention call's frame geometry on this rank: ``hw`` (this rank's rows x ``W``), the effective
-    ``ratio``, the block's geometry (its m-stride pattern shifted into this rank's rows), this rank's ``bands``
+    ``ratio``, the block's ``layout`` (its m-stride pattern shifted into this rank's rows), this rank's ``bands``
     and their skip ``budgets`` (one per band)."""
 
     hw: Tuple[int, int]
     ratio: float
-    block: BlockGeometry
+    layout: BlockLayout
     bands: int
     budgets: Tuple[int, ...]
 
@@ -180,12 +181,12 @@ class CallGeometry:
         return sum(self.budgets)
 
     @classmethod
-    def of(cls, hw, ratio: float, block: BlockGeometry, bands: int = 1,
+    def of(cls, hw, ratio: float, layout: BlockLayout, bands: int = 1,
            budgets: Optional[Sequence[int]] = None) -> CallGeometry:
         """The geometry of a call on a frame of ``hw`` tokens; ``budgets`` from :func:`band_budgets` unless given."""
         if budgets is None:
-            budgets = band_budgets(hw, ratio, block.stride, block.ordinal, bands)
-        return cls((int(hw[0]), int(hw[1])), ratio, block, bands, tuple(budgets))
+            budgets = band_budgets(hw, ratio, layout.stride, layout.ordinal, bands)
+        return cls((int(hw[0]), int(hw[1])), ratio, layout, bands, tuple(budgets))
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,18 @@ def sp_results(worker: str, sp: int, tmp_dir) -> tuple:
     return sp, torch.load(path)
 
 
+def sp_run_fixture(worker: str, sizes=(2, 4)):
+    """The module-scoped ``sp_run`` fixture of an SP parity test: ``(sp, {mode: results})`` of ``worker`` at each
+    SP size of ``sizes`` (one torchrun each). In a test module: ``sp_run = sp_run_fixture("sp_worker.py")``."""
+    import pytest
+
+    @pytest.fixture(scope="module", params=list(sizes))
+    def sp_run(request, tmp_path_factory):
+        return sp_results(worker, request.param, tmp_path_factory.mktemp(worker[:-3]))
+
+    return sp_run
+
+
 def mesh_batch(step: int, dp_rank: int = 0, dp_size: int = 1):
     """This DP rank's share of the global batch of ``step`` (the whole batch when ``dp_size == 1``)."""
     full = inputs(seed=100 + step, batch=MESH_GLOBAL_BATCH)

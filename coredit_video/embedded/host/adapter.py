@@ -41,7 +41,7 @@ class BuiltinHostAdapter(HostAdapter):
         def enter_block(module, args, kwargs):  # blk(x, cond, t_mod, T, S, NC): t_mod keys the forward
             get = lambda i, k: args[i] if len(args) > i else kwargs[k]  # noqa: E731
             ctx = controller.forwards.enter_block(get(2, "t_mod"))
-            if controller.cross_view_modules and ctx.views is None:
+            if controller.needs_views and ctx.views is None:
                 x, T, NC = get(0, "x"), int(get(3, "T")), int(get(5, "NC"))
                 ctx.views = ring_pairs(x.shape[0] // NC, NC, T, x.device)
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .attention import call_scores, pruned_cross_view_attention, pruned_self_attention
 from .attention.backends import attn_dropout
-from .attention.cross_view import Attend, local_cross_view_attend
+from .attention.cross_view import CrossViewAttend, local_cross_view_attend
 from .forward_context import ForwardContext
 from .methods import CallGeometry
 from .ops import band_budgets
@@ -30,7 +30,7 @@ def sp_size_of(group) -> int:
 
 
 @dataclass(frozen=True)
-class RankCall:
+class CallOnRank:
     """One block call on this rank: its forward's context, its geometry, and the retained tokens per frame held by
     each SP rank (``counts``; ``None`` without SP)."""
 
@@ -39,7 +39,7 @@ class RankCall:
     counts: Optional[List[int]]
 
 
-def rank_call(controller, ordinal: int, x: torch.Tensor, what: str) -> RankCall:
+def call_on_rank(controller, ordinal: int, x: torch.Tensor, what: str) -> CallOnRank:
     """Geometry of block ``ordinal`` for ``x [rows, tokens, C]`` in the current forward (budgets computed once per
     forward). Under SP this rank holds rows ``[rank*H/P, (rank+1)*H/P)`` of every frame, i.e. ``bands/P`` whole
     bands: selection and restoration run on them alone, the m-stride pattern shifted to stay in frame
@@ -60,22 +60,22 @@ def rank_call(controller, ordinal: int, x: torch.Tensor, what: str) -> RankCall:
             f"{tuple(x.shape)}; the adapter's frame size does not match this block's input"
         )
     ratio, bands = controller.effective_ratio(ordinal, ctx.phase), controller.bands
-    block = controller.geometries[ordinal]
+    layout = controller.layouts[ordinal]
     budgets = ctx.budgets.get((ordinal, ratio))
     if budgets is None:
-        budgets = ctx.budgets[(ordinal, ratio)] = band_budgets(ctx.hw, ratio, block.stride, block.ordinal, bands)
+        budgets = ctx.budgets[(ordinal, ratio)] = band_budgets(ctx.hw, ratio, layout.stride, layout.ordinal, bands)
     if P == 1:
-        return RankCall(ctx, CallGeometry.of(ctx.hw, ratio, block, bands, budgets), None)
+        return CallOnRank(ctx, CallGeometry.of(ctx.hw, ratio, layout, bands, budgets), None)
     rank, h, per_rank = dist.get_rank(controller.sp_group), H // P, bands // P
     counts = [h * W - sum(budgets[j * per_rank:(j + 1) * per_rank]) for j in range(P)]
-    local = replace(block, ordinal=block.ordinal - rank * h)
+    local = replace(layout, ordinal=layout.ordinal - rank * h)
     mine = tuple(budgets[rank * per_rank:(rank + 1) * per_rank])
-    return RankCall(ctx, CallGeometry.of((h, W), ratio, local, per_rank, mine), counts)
+    return CallOnRank(ctx, CallGeometry.of((h, W), ratio, local, per_rank, mine), counts)
 
 
 def run_self_attention(controller, ordinal: int, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The reduced self-attention of block ``ordinal`` on ``x [frames, tokens, C]``."""
-    call = rank_call(controller, ordinal, x, "self-attention")
+    call = call_on_rank(controller, ordinal, x, "self-attention")
     geo, method, cfg = call.geo, controller.method, controller.cfg
     attend = None
     if call.counts is not None:
@@ -83,8 +83,14 @@ def run_self_attention(controller, ordinal: int, attn: nn.Module, x: torch.Tenso
             raise ValueError(f"prune.method={method.name!r} runs without sequence parallelism; set "
                              "parallel.sp_size=1 or pick a method that supports it")
         group, counts = controller.sp_group, call.counts
-        attend = lambda a, red: sp_self_attention(a, red.q, group, counts, cfg.backend, red.log_size)  # noqa: E731
-    res = pruned_self_attention(attn, x, geo.hw, geo.ratio, geo.block, geo.bands, cfg.backend, attend=attend,
+
+        def attend(a: nn.Module, red) -> torch.Tensor:  # the all-to-all carries one token set per rank: red.q
+            if red.kv is not None:
+                raise ValueError(f"prune.method={method.name!r} gives keys and values apart from its queries "
+                                 "(Reduced.kv), which sequence parallelism does not carry; its class must set "
+                                 "supports_sp = False")
+            return sp_self_attention(a, red.q, group, counts, cfg.backend, red.log_size)
+    res = pruned_self_attention(attn, x, geo.hw, geo.ratio, geo.layout, geo.bands, cfg.backend, attend=attend,
                                 budgets=geo.budgets, method=method, scores=controller.collecting_stats)
     if res.scores is not None:
         controller.record_scores(ordinal, res.scores, geo, sp_size_of(controller.sp_group))
@@ -96,7 +102,7 @@ def run_self_attention(controller, ordinal: int, attn: nn.Module, x: torch.Tenso
 def run_cross_view(controller, ordinal: int, attn: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """Cross-view attention of block ``ordinal``: ``x [rows, tokens, C]`` to ``cond [rows, J*tokens, C]``, pruned as
     ``cfg.cross_view`` says; the host's own forward when nothing is skipped."""
-    call = rank_call(controller, ordinal, x, "cross-view attention")
+    call = call_on_rank(controller, ordinal, x, "cross-view attention")
     geo, method = call.geo, controller.method
     if geo.skipped == 0:
         return type(attn).forward(attn, x, cond)
@@ -113,12 +119,12 @@ def run_cross_view(controller, ordinal: int, attn: nn.Module, x: torch.Tensor, c
         first = x.index_select(0, pairs.first)
         sel = method.select(first, geo, call_scores(first, geo, method, needed=True))
     restore = lambda y, xq, sel_q: method.restore_cross_view(y, xq, sel_q, geo)  # noqa: E731
-    return pruned_cross_view_attention(attn, x, cond, pairs, sel, controller.cfg.cross_view, geo.hw, geo.block,
+    return pruned_cross_view_attention(attn, x, cond, pairs, sel, controller.cfg.cross_view, geo.hw, geo.layout,
                                        geo.bands, cross_view_attend(controller, attn, call, pairs.kv.shape[1]),
                                        restore)
 
 
-def cross_view_attend(controller, attn: nn.Module, call: RankCall, J: int) -> Attend:
+def cross_view_attend(controller, attn: nn.Module, call: CallOnRank, J: int) -> CrossViewAttend:
     """Softmax attention for a cross-view call: local, or over the SP all-to-all with this call's token counts."""
     if call.counts is None:
         return local_cross_view_attend(attn, controller.cfg.backend)
