@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Union
 
+from .methods import DEFAULT_METHOD
 from .ops.selection import check_ratio
 from .plan import GridSpec, Plan, parse_grids, read_plan
 
@@ -78,7 +79,7 @@ class PruneConfig:
     backend: str = "auto"
     cross_view: str = "off"
     cross_view_select: str = "self"
-    method: str = "coredit"
+    method: str = DEFAULT_METHOD
     scope: str = "attention"
     temperature: float = 0.05
     step_cache: bool = False

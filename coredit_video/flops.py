@@ -138,6 +138,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from .methods import DEFAULT_METHOD
 from .ops.selection import band_budgets, check_ratio
 from .plan import GridSpec, Plan, grids_json, parse_grids, read_plan
 
@@ -1027,7 +1028,7 @@ def count_flops(
     stride: Optional[int] = 3,
     cross_view: str = "off",
     cross_view_select: str = "self",
-    method: str = "coredit",
+    method: str = DEFAULT_METHOD,
     scope: str = "attention",
     grids: Optional[Sequence[Any]] = None,
 ) -> Dict[str, Any]:
@@ -1090,7 +1091,7 @@ def flops_saved_fraction(
     which: str = "total",
     stride: Optional[int] = 3,
     cross_view: str = "off",
-    method: str = "coredit",
+    method: str = DEFAULT_METHOD,
     scope: str = "attention",
 ) -> float:
     """Fraction of FLOPs saved by ``ratios`` for a batch item shaped like the training input.

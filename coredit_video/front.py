@@ -242,16 +242,19 @@ def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: st
         return 1.0
     p = parse_line(line)
     res = count_flops(preset, resolution=resolution, ratios=ratio, method=p.method, scope=p.scope)
-    if not (p.cache and p.context != "retained"):
+    if not p.cache:
         return 1.0 - float(res["total_reduction"])
-    from .step_cache import full_context_flops
+    from .step_cache import full_context_flops, step_cache_flops
 
     inp = res["inputs"]
     per_frame, J = inp["latent_frames"] * inp["views"], inp["spec"]["cross_view_neighbours"]
-    # "all": the blocks with a cross-view attention see every token of each neighbour too
-    extra = sum(per_frame * full_context_flops(inp["tokens_per_frame"], b["kept_per_frame"], inp["spec"]["hidden"],
-                                               1 + J * (p.context == "all" and b["cross_view_dense"] > 0))
-                for b in res["blocks"])
+    N, C, extra = inp["tokens_per_frame"], inp["spec"]["hidden"], 0
+    for b in res["blocks"]:
+        kept, cross_view = b["kept_per_frame"], p.context == "all" and b["cross_view_dense"] > 0
+        inputs = 0 if p.context == "retained" else 1 + cross_view
+        extra += per_frame * step_cache_flops(N, kept, C, "change", inputs)  # the front's lines: cache_select default
+        if p.context != "retained":  # "all": the blocks with a cross-view attention see every neighbour token too
+            extra += per_frame * full_context_flops(N, kept, C, 1 + J * cross_view)
     return (res["pruned_total"] + extra) / res["dense_total"]
 
 
@@ -503,6 +506,9 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
     step_times = step_time_table(s.step_time_json)
     for r in rows:
         r["cost_time"] = row_cost_time(r, step_times, base, host.num_steps)
+        if r.get("step_ratios") and r["method"] != FEWER_STEPS:  # counted by today's rules (a re-render updates it)
+            r["cost_flops"] = run_cost_flops(s.preset, (848, 1600), r["method"], r["step_ratios"]) * (
+                int(r["steps"]) / host.num_steps)
     settings = {k: v for k, v in dataclasses.asdict(s).items() if s.host != "builtin" or k not in HOST_FIELDS}
     payload = dict(settings=settings, fields=list(ROW_FIELDS), rows=rows)
     with open(os.path.join(s.out, "front.json"), "w") as fh:

@@ -166,6 +166,18 @@ def cache_bytes_per_block(frames: int, tokens: int, channels: int, dtype_bytes: 
     return frames * tokens * per_token
 
 
+def step_cache_flops(tokens: int, kept: int, channels: int, select: str = "change", attention_inputs: int = 0) -> int:
+    """The step cache's own work in one block for one frame of ``tokens`` at a cached step (FLOPs, a write counted
+    as one per element, as :func:`coredit_video.flops.copy_flops`): the ``kept`` computed tokens' residuals written
+    into the cache, their block inputs too for ``select="change"``, their inputs to each of ``attention_inputs``
+    cached attentions (1 with ``cache_context="self"``, 2 with ``"all"`` in a block with cross-view attention); and
+    for ``"change"`` every token's relative input move (difference, two norms, a divide: ``5 N C``). The block's
+    eq. 3 restoration, which a cached step does not run, stays in the method's count (``4 N C``, a slight
+    overcount)."""
+    writes = 1 + (select == "change") + attention_inputs
+    return writes * kept * channels + (5 * tokens * channels if select == "change" else 0)
+
+
 def full_context_flops(tokens: int, kept: int, channels: int, key_sets: int = 1) -> int:
     """Extra FLOPs of a full-context step cache in one block for one frame of ``tokens`` of which ``kept`` are
     computed, for each of ``key_sets`` attentions that see every token (1 with ``cache_context="self"``; with

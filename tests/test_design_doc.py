@@ -83,3 +83,34 @@ def test_the_traced_table_is_what_a_pruned_forward_enters():
     assert n == len(merge) and set(merge) == set(base) | set(re.findall(r"`([^`]+\.py)`", files))
     n, _ = table["`coredit`, block scope"]
     assert n == len(block) and set(block) == set(base) | {"block_scope.py"}  # the core's steps, not its attend
+
+
+# string constants equal to a method's name that mean something else (file, string): the step cache's tie rule
+NOT_A_METHOD = {("step_cache.py", "random"),
+                ("integrations/magicdrive_runner.py", "coredit")}  # ... and the runner coredit_video.cli runs
+
+
+def test_no_method_name_literals_outside_the_method_table():
+    """Issue 31: what a method is lives in ``methods/``; the package names no method elsewhere (docstrings aside; the
+    front's and the study's default line lists allowed), so a method registered at run time is never second-class."""
+    import ast
+
+    names = set(method_names())
+    found = []
+    for root, _, files in os.walk(PKG):
+        rel_root = os.path.relpath(root, PKG)
+        if rel_root.split(os.sep)[0] in ("methods", "embedded"):
+            continue
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_root, name)).replace(os.sep, "/")
+            if not name.endswith(".py") or rel in ("front.py", "quality_study.py"):
+                continue
+            tree = ast.parse(_read(root, name))
+            docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+                n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and n.body and isinstance(
+                n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+                        and id(node) not in docs and (rel, node.value) not in NOT_A_METHOD):
+                    found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert not found, found

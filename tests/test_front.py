@@ -8,7 +8,7 @@ from coredit_video.front import (FrontLine, FrontSettings, equal_cost_wins, fami
 from tests.dist.common import load_tool
 
 
-def test_interpolate_and_split_line():
+def test_interpolate_and_line_method_scope():
     assert interpolate([0.2, 0.6], [10.0, 20.0], 0.4) == pytest.approx(15.0)
     assert interpolate([0.6, 0.2], [20.0, 10.0], 0.3) == pytest.approx(12.5)  # unsorted input
     assert interpolate([0.2, 0.6], [10.0, 20.0], 0.7) is None  # no extrapolation
@@ -17,6 +17,7 @@ def test_interpolate_and_split_line():
     assert parse_line("coredit@block+cache/20") == FrontLine("coredit", "block", True, 20)
     assert parse_line("coredit_merge/15") == FrontLine("coredit_merge", "attention", False, 15)
     assert parse_line("coredit@block+cache_all") == FrontLine("coredit", "block", True, None, "all")
+    assert parse_line("coredit@block+cache_self/20") == FrontLine("coredit", "block", True, 20, "self")
     with pytest.raises(ValueError, match="after '/'"):
         parse_line("coredit/x")
 

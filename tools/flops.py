@@ -185,8 +185,8 @@ def main(argv=None) -> int:
         print_table(res, args.blocks)
         if args.step_cache:
             m = res["step_cache"]
-            print(f"step cache ({m['form']}, {m['select']}): "
-                  f"{m['bytes_per_block_per_rank'] / 2**20:.1f} MiB per block per rank, "
+            print(f"step cache ({m['form']}, {m['select']}, context {m['context']}): "
+                  f"{m['bytes_per_block_per_rank'] / 2**20:.1f} MiB per block per rank (the largest block), "
                   f"{m['bytes_per_rank'] / 2**30:.2f} GiB per rank ({m['blocks']} blocks, {m['ranks']} ranks, "
                   f"{m['frames']} frames x {m['tokens_per_rank']} tokens, bf16)")
     return 0

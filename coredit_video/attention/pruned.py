@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..methods import AttentionResult, BlockLayout, CallGeometry, Reduced, TokenReducer, build_method
+from ..methods import DEFAULT_METHOD, AttentionResult, BlockLayout, CallGeometry, Reduced, TokenReducer, build_method
 from .backends import dense_self_attention
 
 # attend(attn, reduced) -> [F, Nq, C]: the host's MHSA on the reduced tokens
@@ -59,7 +59,7 @@ def pruned_self_attention(
     backend: str = "auto",
     attend: Optional[SelfAttend] = None,
     budgets: Optional[Sequence[int]] = None,
-    method: Union[str, TokenReducer] = "coredit",
+    method: Union[str, TokenReducer] = DEFAULT_METHOD,
     scores: bool = False,
 ) -> AttentionResult:
     """Self-attention of ``x [F, N, C]`` with a ``ratio`` of each band's tokens reduced by ``method``.

@@ -23,6 +23,7 @@ _BUILTIN: Tuple[Type[TokenReducer], ...] = (CoReDiT, CoReDiTCopy, CoReDiTSharp, 
                                             RandomSelection, NoReconstruction, TokenMerging, TokenMergingSD,
                                             TokenDownsampling)
 REGISTRY: Dict[str, Type[TokenReducer]] = {}
+DEFAULT_METHOD = CoReDiT.name  # the paper's rule: prune.method's default
 
 
 def register(cls: Type[TokenReducer]) -> Type[TokenReducer]:
@@ -50,5 +51,5 @@ def build_method(name: str, **options) -> TokenReducer:
     return cls(**{k: v for k, v in options.items() if k in cls.options})
 
 
-__all__ = ["AttentionResult", "BlockLayout", "CallGeometry", "REGISTRY", "Reduced", "Selection", "TokenReducer",
-           "build_method", "gather_tokens", "method_names", "register", "scatter_rows"]
+__all__ = ["AttentionResult", "BlockLayout", "CallGeometry", "DEFAULT_METHOD", "REGISTRY", "Reduced", "Selection",
+           "TokenReducer", "build_method", "gather_tokens", "method_names", "register", "scatter_rows"]

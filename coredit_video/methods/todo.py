@@ -13,8 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..ops.partition import partition
-from ..ops.partition import on_device
+from ..ops.partition import on_device, partition
 from .base import CallGeometry, Reduced, TokenReducer, gather_tokens
 
 

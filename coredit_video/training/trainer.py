@@ -18,6 +18,7 @@ import torch
 
 from .. import apply as apply_pruning
 from ..flops import count_flops
+from ..methods import DEFAULT_METHOD
 from ..parallel import destroy_parallel, init_parallel
 from ..rflow import late_mask, training_timesteps
 from ..schedule import ProgressiveSchedule
@@ -66,7 +67,7 @@ def setup_logging(work_dir: str, is_main: bool) -> None:
 class FlopsMeter:
     """Running "FLOPs saved so far": dense and saved FLOPs summed over every trained sample."""
 
-    def __init__(self, spec, views: int, bands: int, stride: int, cross_view: str = "off", method: str = "coredit",
+    def __init__(self, spec, views: int, bands: int, stride: int, cross_view: str = "off", method: str = DEFAULT_METHOD,
                  scope: str = "attention"):
         self.spec, self.views, self.bands, self.stride, self.cross_view = spec, views, bands, stride, cross_view
         self.method, self.scope = method, scope
