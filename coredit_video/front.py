@@ -265,6 +265,13 @@ def run_cost_flops(preset: str, resolution: Tuple[int, int], line: str, step_rat
     return sum(flops_ratio(preset, tuple(resolution), round(float(r), 4), line) for r in step_ratios) / len(step_ratios)
 
 
+def mean_fidelity(host: FrontHost, pairs) -> Tuple[float, float]:
+    """Mean fidelity PSNR (dB) and SSIM over every frame pair of ``pairs``, an iterable of ``(frames, dense frames)``
+    per scene, consumed one scene at a time (the host's ``fidelity``)."""
+    got = [host.fidelity(a, b) for frames, ref in pairs for a, b in zip(frames, ref)]
+    return sum(p for p, _ in got) / len(got), sum(q for _, q in got) / len(got)
+
+
 def step_ratios(ctrl, num_steps: int, realized: Optional[Sequence[Tuple[int, int, float]]] = None) -> List[float]:
     """The ratio each of ``num_steps`` sampling steps ran at: the step cache's realised skip fractions (mean over
     its block calls) when given, else the schedule's (mean effective ratio over the blocks in that step's phase)."""
@@ -449,15 +456,9 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             json.dump([dict(method=m, ratio=r, seed=seed, attn_error=v) for (m, r), v in known.items()], fh,
                       indent=1)
         for k in tqdm(fewer, desc=f"fewer steps seed {seed}", disable=not progress):
-            p_sum, s_sum, n = 0.0, 0.0, 0
-            for i in range(s.scenes):
-                for a, b in zip(host.generate(seed, i, None, k), dense[i]):
-                    p, q = host.fidelity(a, b)
-                    p_sum += p
-                    s_sum += q
-                    n += 1
+            psnr, ssim = mean_fidelity(host, ((host.generate(seed, i, None, k), dense[i]) for i in range(s.scenes)))
             r = round(1 - k / N, 4)
-            row = dict(method=FEWER_STEPS, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
+            row = dict(method=FEWER_STEPS, ratio=r, seed=seed, fidelity_PSNR=psnr, fidelity_SSIM=ssim,
                        attn_error=None, flops_ratio=1.0, steps=k, scope="dense", host=host.label, cost_flops=k / N,
                        step_ratios=[0.0] * k)
             done[(FEWER_STEPS, r, seed)] = row
@@ -468,21 +469,19 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             prune = line_prune(m, s)
             k = parse_line(m).steps or N
             ctrl = apply_pruning(model, dataclasses.replace(base, ratios=r, **prune))
-            p_sum = s_sum = 0.0
-            n = 0
             realized: List[Tuple[int, int, float]] = []
-            for i in range(s.scenes):
-                frames = host.generate(seed, i, ctrl, k)
-                if ctrl.step_cache is not None:
-                    realized += ctrl.step_cache.realized
-                for a, b in zip(frames, dense[i]):
-                    p, q = host.fidelity(a, b)
-                    p_sum += p
-                    s_sum += q
-                    n += 1
+
+            def scenes(ctrl=ctrl, k=k, seed=seed, realized=realized, dense=dense):  # one scene at a time
+                for i in range(s.scenes):
+                    frames = host.generate(seed, i, ctrl, k)
+                    if ctrl.step_cache is not None:
+                        realized.extend(ctrl.step_cache.realized)
+                    yield frames, dense[i]
+
+            psnr, ssim = mean_fidelity(host, scenes())
             per_step = step_ratios(ctrl, k, realized)
             remove(model)
-            row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=p_sum / n, fidelity_SSIM=s_sum / n,
+            row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=psnr, fidelity_SSIM=ssim,
                        attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
                        steps=k, scope=prune["scope"], host=host.label,
                        cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N,

@@ -2,12 +2,12 @@
 """Time of one denoising step of the built-in host at MagicDrive-V2-XL width, per front line and ratio, over the
 dense step's: what ``tools/front.py --step-time-json`` combines over a run's steps into ``cost_time``.
 
-A front line is ``METHOD[@SCOPE][+cache|+cache_self|+cache_all]`` (``coredit_video/front.py``). Each round times every variant
-(dense and each line at each ratio) once, in an order shuffled per round (seeded), after one untimed warm-up round;
-a variant's ``time_ratio`` is the median over rounds of its time over that round's dense step. Step-cache lines are
-timed in their steady state: an untimed dense step fills the cache, the next (cached) step is timed. The model is
-the XL host (width 1152, 16 heads) at reduced depth, views and frames (the front's cost is per step, so depth
-scales dense and pruned alike; fewer views and frames shrink only the temporal and cross-view share).
+A front line is ``METHOD[@SCOPE][+cache|+cache_self|+cache_all]`` (``coredit_video/front.py``). Each round times
+every variant (dense and each line at each ratio) once, in an order shuffled per round (seeded), after one untimed
+warm-up round; a variant's ``time_ratio`` is the median over rounds of its time over that round's dense step.
+Step-cache lines are timed in their steady state: an untimed dense step fills the cache, the next (cached) step is
+timed. The model is the XL host (width 1152, 16 heads) at reduced depth, views and frames (the front's cost is per
+step, so depth scales dense and pruned alike; fewer views and frames shrink only the temporal and cross-view share).
 
     python tools/bench_step_time.py --device cpu --threads 1 --depth 1 --control-depth 1 --views 1 \
         --latent-frames 1 --resolution 848x1600 --ratios 0.1 0.3 0.5 0.6 --repeats 3

@@ -48,16 +48,16 @@ def _coredit_retained(attn, x, geo):
     the skipped rows ``[F, N]`` and the cosine of each skipped input to each retained one ``[F, K, N-K]``."""
     import torch
 
-    from coredit_video.attention import dense_self_attention
-    from coredit_video.kernels import spatial_coherence
+    from coredit_video.attention import call_scores, dense_self_attention, reduce_call
     from coredit_video.methods import gather_tokens
     from coredit_video.methods.coredit import CoReDiT
 
     Fr, N, _ = x.shape
-    sel = CoReDiT().select(x, geo, spatial_coherence(x, geo.hw, geo.layout.grid, geo.bands))
+    coredit = CoReDiT()
+    sel, red = reduce_call(x, geo, coredit, call_scores(x, geo, coredit))  # the core's steps 1-3
     skipped = torch.zeros(Fr, N, dtype=torch.bool, device=x.device)
     skipped[torch.arange(Fr).view(Fr, 1), sel.skip] = True
-    y_keep = dense_self_attention(attn, gather_tokens(x, sel.keep))
+    y_keep = dense_self_attention(attn, red.q)
     xn = torch.nn.functional.normalize(x.float(), dim=-1)
     sim = gather_tokens(xn, sel.skip) @ gather_tokens(xn, sel.keep).transpose(1, 2)
     return sel, y_keep, skipped, sim

@@ -25,7 +25,7 @@ class CoReDiT(TokenReducer):
     def select(self, x: torch.Tensor, geo: CallGeometry, sc: Optional[torch.Tensor]) -> Selection:
         b = geo.layout
         keep, skip = select_tokens(self.selection_scores(x, geo, sc), geo.hw, geo.ratio, b.stride, b.ordinal,
-                                   geo.bands)
+                                   geo.bands, budgets=geo.budgets)  # the call's budgets: one source
         return Selection(keep, skip, sc)
 
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
