@@ -237,6 +237,26 @@ def stale_first_selection(sc: torch.Tensor, age: Optional[torch.Tensor], hw, bud
     return select_tokens(base, (H, W), 0.0, stride, phase, bands, budgets=budgets, must_keep=must_keep)
 
 
+def current_forward(module):
+    """What calling ``module`` runs now: its instance ``forward`` (a patch) if it has one, else its class's."""
+    own = module.__dict__.get("forward")
+    return own if own is not None else type(module).forward.__get__(module)
+
+
+@contextmanager
+def swapped_forward(module, forward):
+    """``module``'s instance ``forward`` is ``forward`` inside the block; whatever was there before comes back."""
+    own = module.__dict__.get("forward")
+    module.__dict__["forward"] = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.__dict__["forward"]
+        else:
+            module.__dict__["forward"] = own
+
+
 @contextmanager
 def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[torch.Tensor], backend: str = "auto"):
     """While the block runs, its self-attention ``attn`` sees every token (``cache_context`` ``"self"``, ``"all"``);
@@ -249,8 +269,7 @@ def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[
     from .attention.backends import dense_self_attention
 
     seen: Dict[str, torch.Tensor] = {}
-    own = attn.__dict__.get("forward")
-    call = own if own is not None else type(attn).forward.__get__(attn)
+    call = current_forward(attn)
 
     def forward(h, *args, **kwargs):
         if cached is None:
@@ -260,14 +279,8 @@ def full_context_attention(attn, cached: Optional[torch.Tensor], keep: Optional[
         seen["inputs"] = every.detach()
         return dense_self_attention(attn, h, backend, kv=every)
 
-    attn.__dict__["forward"] = forward
-    try:
+    with swapped_forward(attn, forward):
         yield seen
-    finally:
-        if own is None:
-            del attn.__dict__["forward"]
-        else:
-            attn.__dict__["forward"] = own
 
 
 @contextmanager
@@ -283,8 +296,7 @@ def full_context_cross_view(attn, pairs, cached: Optional[torch.Tensor], keep: O
     inputs are recorded.
     """
     seen: Dict[str, torch.Tensor] = {}
-    own = attn.__dict__.get("forward")
-    call = own if own is not None else type(attn).forward.__get__(attn)
+    call = current_forward(attn)
 
     def forward(h, cond, *args, **kwargs):
         frames = h.index_select(0, pairs.first)  # [F, R, C]: each frame's input, from one row that queries it
@@ -297,14 +309,8 @@ def full_context_cross_view(attn, pairs, cached: Optional[torch.Tensor], keep: O
         cond_all = every.index_select(0, pairs.kv.reshape(-1)).reshape(h.shape[0], -1, C)  # [F', J*N, C]
         return call(h, cond_all, *args, **kwargs)
 
-    attn.__dict__["forward"] = forward
-    try:
+    with swapped_forward(attn, forward):
         yield seen
-    finally:
-        if own is None:
-            del attn.__dict__["forward"]
-        else:
-            attn.__dict__["forward"] = own
 
 
 @contextmanager
