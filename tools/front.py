@@ -191,7 +191,7 @@ def main(argv=None, host_factory=None) -> int:
            "whole-run FLOPs / dense | whole-run time / dense |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
-        md.append(f"| {r['method']} | {r['ratio']:.1f} | {r['seed']} | {fmt(r['fidelity_PSNR'], 2)} | "
+        md.append(f"| {r['method']} | {r['ratio']:g} | {r['seed']} | {fmt(r['fidelity_PSNR'], 2)} | "
                   f"{fmt(r['fidelity_SSIM'], 4)} | {fmt(r['attn_error'], 2)} | {fmt(r['flops_ratio'], 3)} | "
                   f"{fmt(r['time_ratio'], 3)} | {r.get('steps', '-')} | {fmt(r.get('cost_flops'), 3)} | "
                   f"{fmt(r.get('cost_time'), 3)} |")
