@@ -222,8 +222,13 @@ def test_step_cache_loop_on_the_real_host_with_guidance_and_the_first_frame_mask
             y = forward(model, dict(args, x=x))
             outs.append(y)
             x = x - 0.2 * y[:, :x.shape[1]]  # one latent update for both halves, as guidance gives
+        if ctrl is not None and ctrl.step_cache is not None:
+            cached_cross_view.append({o for (_, o), e in ctrl.step_cache.entries.items()
+                                      if e.cross_view_inputs is not None})
         cv.remove(model)
         return outs
+
+    cached_cross_view = []
 
     checked = []
 
@@ -244,6 +249,14 @@ def test_step_cache_loop_on_the_real_host_with_guidance_and_the_first_frame_mask
     for i in range(1, 5):
         assert torch.isfinite(gated[i]).all() and not torch.equal(gated[i], cached[i])
         assert float((gated[i] - dense[i]).norm() / dense[i].norm()) < 0.1, i
+    for context in ("self", "all"):  # the full context; "all": the cross-view pairs from mv_order_map
+        full = loop(dict(step_cache=True, max_stale=2, dense_steps=1, cache_context=context))
+        # "all" caches the cross-view inputs of the blocks that have a cross-view attention (the base blocks)
+        assert sorted(cached_cross_view[-1]) == ([0, 1] if context == "all" else []), context
+        assert torch.equal(full[0], dense[0])
+        for i in range(1, 5):
+            assert torch.isfinite(full[i]).all() and not torch.equal(full[i], cached[i])
+            assert float((full[i] - dense[i]).norm() / dense[i].norm()) < 0.1, (context, i)
     rebuilt = loop(dict(dense_steps=1))
     err = lambda outs: sum(float((o - d).norm() / d.norm()) for o, d in zip(outs[1:], dense[1:]))  # noqa: E731
     assert err(cached) < err(rebuilt)  # each token's own cached residual beats the one rebuilt from neighbours
