@@ -31,6 +31,14 @@ def step_phase(step_index: int, num_steps: int, dense_steps: int, late_steps: in
     return "late" if step_index >= num_steps - late_steps else "main"
 
 
+def phase_ratio(ratio: float, phase: str, late_factor: float) -> float:
+    """A block's ratio ``r`` in ``phase``: ``r`` in the main phase, ``c * r`` (``late_factor``) in the late steps, 0 in
+    a dense step."""
+    if phase == "dense":
+        return 0.0
+    return ratio * late_factor if phase == "late" else ratio
+
+
 class PruningController:
     def __init__(self, model: nn.Module, cfg: PruneConfig, adapter, blocks: List[Tuple[str, nn.Module]],
                  bands: int):
@@ -108,11 +116,9 @@ class PruningController:
     def effective_ratio(self, ordinal: int, phase: Optional[str] = None) -> float:
         """``r_l`` in the main phase, ``c * r_l`` in the last ``late_steps`` steps; 0 when disabled or in the first
         ``dense_steps`` steps."""
-        phase = phase or self.phase
-        if not self.enabled or phase == "dense":
+        if not self.enabled:
             return 0.0
-        r = self._ratios[ordinal]
-        return r * self.cfg.late_factor if phase == "late" else r
+        return phase_ratio(self._ratios[ordinal], phase or self.phase, self.cfg.late_factor)
 
     # ------------------------------------------------------------------ phase and frame
     def set_phase(self, phase: str) -> None:

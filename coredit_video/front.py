@@ -258,11 +258,14 @@ def flops_ratio(preset: str, resolution: Tuple[int, int], ratio: float, line: st
     return (res["pruned_total"] + extra) / res["dense_total"]
 
 
-def run_cost_flops(preset: str, resolution: Tuple[int, int], line: str, step_ratios: Sequence[float]) -> float:
-    """Counted FLOPs of a whole sampling run over the dense run of as many steps: the mean over its steps of
-    :func:`flops_ratio` at each step's ratio (the late-step decay, dense steps and the step cache's realised skips
-    included; every step runs the same model forwards, so guidance scales both runs alike)."""
-    return sum(flops_ratio(preset, tuple(resolution), round(float(r), 4), line) for r in step_ratios) / len(step_ratios)
+def run_cost_flops(preset: str, resolution: Tuple[int, int], line: str, step_ratios: Sequence[float],
+                   num_steps: Optional[int] = None) -> float:
+    """Counted FLOPs of a whole sampling run over the dense run of ``num_steps`` steps (default: as many as the run
+    has): the mean over its steps of :func:`flops_ratio` at each step's ratio (the late-step decay, dense steps and
+    the step cache's realised skips included; every step runs the same model forwards, so guidance scales both runs
+    alike), times its steps over ``num_steps``."""
+    mean = sum(flops_ratio(preset, tuple(resolution), round(float(r), 4), line) for r in step_ratios) / len(step_ratios)
+    return mean if num_steps is None else mean * len(step_ratios) / num_steps
 
 
 def mean_fidelity(host: FrontHost, pairs) -> Tuple[float, float]:
@@ -303,10 +306,10 @@ def step_time_table(path: Optional[str]) -> Dict[str, Tuple[List[float], List[fl
 def schedule_step_ratios(ratio: float, steps: int, prune) -> List[float]:
     """The ratio of each of ``steps`` sampling steps at a uniform ``ratio`` under ``prune``'s schedule (dense steps,
     late-step decay): rows written before ``step_ratios`` was recorded."""
-    from .controller import step_phase
+    from .controller import phase_ratio, step_phase
 
-    scale = {"dense": 0.0, "late": prune.late_factor, "main": 1.0}
-    return [ratio * scale[step_phase(i, steps, prune.dense_steps, prune.late_steps)] for i in range(steps)]
+    return [phase_ratio(ratio, step_phase(i, steps, prune.dense_steps, prune.late_steps), prune.late_factor)
+            for i in range(steps)]
 
 
 def row_cost_time(row: dict, table: Dict[str, Tuple[List[float], List[float]]], prune,
@@ -484,7 +487,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
             row = dict(method=m, ratio=r, seed=seed, fidelity_PSNR=psnr, fidelity_SSIM=ssim,
                        attn_error=known.get((m, round(r, 4))), flops_ratio=flops_ratio(s.preset, (848, 1600), r, m),
                        steps=k, scope=prune["scope"], host=host.label,
-                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step) * k / N,
+                       cost_flops=run_cost_flops(s.preset, (848, 1600), m, per_step, N),
                        step_ratios=[round(float(v), 4) for v in per_step])
             done[(m, round(r, 4), seed)] = row
             with open(rows_path, "a") as fh:
@@ -506,8 +509,7 @@ def run_front(s: FrontSettings, progress: bool = True, host: Optional[FrontHost]
     for r in rows:
         r["cost_time"] = row_cost_time(r, step_times, base, host.num_steps)
         if r.get("step_ratios") and r["method"] != FEWER_STEPS:  # counted by today's rules (a re-render updates it)
-            r["cost_flops"] = run_cost_flops(s.preset, (848, 1600), r["method"], r["step_ratios"]) * (
-                int(r["steps"]) / host.num_steps)
+            r["cost_flops"] = run_cost_flops(s.preset, (848, 1600), r["method"], r["step_ratios"], host.num_steps)
     settings = {k: v for k, v in dataclasses.asdict(s).items() if s.host != "builtin" or k not in HOST_FIELDS}
     payload = dict(settings=settings, fields=list(ROW_FIELDS), rows=rows)
     with open(os.path.join(s.out, "front.json"), "w") as fh:

@@ -23,8 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .ops.partition import check_frame, forced_mask
-from .ops.partition import cached, on_device
+from .ops.partition import cached, check_frame, forced_mask, on_device
 
 CACHE_SELECT = ("coherence", "staleness", "random", "change")
 CACHE_FORMS = ("residual", "gated")

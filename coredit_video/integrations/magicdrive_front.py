@@ -241,7 +241,7 @@ def magicdrive_front_host(s, cfg=None, *, text_encoder=None, vae=None, condition
     (``FrontSettings``); ``magicdrivedit`` must be importable. ``text_encoder`` / ``vae`` / ``conditions``: given
     instead of built from the config (``vae``: from ``cfg.vae`` when the config has one; ``conditions``:
     collated batches, default the validation set's); ``latent_shape``: one view's ``(C, T, H, W)`` without a VAE."""
-    from ..front import FrontHost
+    from ..front import FrontHost, frame_fidelity
 
     cfg = cfg if cfg is not None else _load_config(s.config)
     label = f"{HOST}:{s.config}"
@@ -249,7 +249,7 @@ def magicdrive_front_host(s, cfg=None, *, text_encoder=None, vae=None, condition
     if steps < 1:
         raise ValueError(f"{s.config}: no scheduler.num_sampling_steps; give --sampling-steps")
     prune = prune_settings(cfg)
-    fidelity = functools.partial(_fidelity, latents=True)
+    fidelity = latent_fidelity
     if s.render_only:
         def nothing(*_a, **_k):
             raise RuntimeError("render_only: nothing is sampled")
@@ -294,15 +294,9 @@ def magicdrive_front_host(s, cfg=None, *, text_encoder=None, vae=None, condition
         raise ValueError(f"--scenes {s.scenes}: {len(conditions)} conditions given")
     front = MagicDriveFront(cfg, model, scheduler, text_encoder, conditions, vae=vae, latent_shape=latent_shape,
                             decode=not s.latents, device=device, dtype=dtype, dense_prune=dense, keys=keys)
-    fidelity = functools.partial(_fidelity, latents=not front.decode)
+    fidelity = frame_fidelity if front.decode else latent_fidelity
     return FrontHost(label=label, model=model, prune=prune, num_steps=steps, generate=front.generate,
                      fidelity=fidelity)
-
-
-def _fidelity(a, b, latents: bool) -> Tuple[float, float]:
-    from ..front import frame_fidelity
-
-    return latent_fidelity(a, b) if latents else frame_fidelity(a, b)
 
 
 __all__ = ["HOST", "MagicDriveFront", "SceneCondition", "batch_condition", "latent_fidelity",
