@@ -16,6 +16,7 @@ The command-line checks at the end run without a checkout.
 import importlib
 import json
 import math
+import os
 import types
 
 import pytest
@@ -115,6 +116,8 @@ def tiny(md, rf):  # noqa: F811
 
 @pytest.fixture
 def setup(md, tiny, tmp_path, monkeypatch):  # noqa: F811
+    # a relative MAGICDRIVE_V2_ROOT names the checkout from where pytest started, not from tmp_path
+    monkeypatch.setenv("MAGICDRIVE_V2_ROOT", os.path.abspath(os.environ["MAGICDRIVE_V2_ROOT"]))
     monkeypatch.chdir(tmp_path)  # the tool runs from the checkout: back here after the test
     config = tmp_path / "magicdrive_tiny_test.py"
     config.write_text(CONFIG)
