@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops.cells import copy_restore, nearest_retained
+from ..ops.selection import flat_rows
 from .base import CallGeometry, Reduced, Selection, gather_tokens
 from .coredit import CoReDiT
 
@@ -42,8 +43,7 @@ class CoReDiTMerge(CoReDiT):
     def reduce(self, x: torch.Tensor, sel: Selection, geo: CallGeometry) -> Reduced:
         target, has = nearest_retained(x, sel.keep, sel.skip, geo)
         Fr, N, C = x.shape
-        base = torch.arange(Fr, device=x.device).view(Fr, 1) * N
-        dest = (torch.where(has, target, sel.skip) + base).reshape(-1)  # an unmerged token adds to its own row
+        dest = flat_rows(torch.where(has, target, sel.skip), N)  # an unmerged token adds to its own row
         src = gather_tokens(x, sel.skip).reshape(-1, C) * has.reshape(-1, 1).to(x.dtype)
         sums = x.reshape(Fr * N, C).index_add(0, dest, src).view(Fr, N, C)
         size = torch.ones(Fr * N, device=x.device, dtype=torch.float32).index_add(

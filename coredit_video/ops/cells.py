@@ -9,7 +9,7 @@ from typing import Tuple
 import torch
 
 from .partition import GridArg, as_pair, cached, on_device, partition
-from .selection import CallGeometry, gather_tokens
+from .selection import CallGeometry, flat_rows, gather_tokens
 
 
 @functools.lru_cache(maxsize=256)
@@ -100,8 +100,7 @@ def replace_skipped(y_full: torch.Tensor, skip: torch.Tensor, rows: torch.Tensor
     replaced by its row of ``rows [F, K, C]``; the others keep eq. 3."""
     rows = torch.where(has.unsqueeze(-1), rows, gather_tokens(y_full, skip))
     Fr, N, C = y_full.shape
-    flat = (skip + torch.arange(Fr, device=skip.device).view(Fr, 1) * N).reshape(-1)
-    return y_full.reshape(Fr * N, C).index_copy(0, flat, rows.reshape(-1, C)).view(Fr, N, C)
+    return y_full.reshape(Fr * N, C).index_copy(0, flat_rows(skip, N), rows.reshape(-1, C)).view(Fr, N, C)
 
 
 def copy_restore(y_full: torch.Tensor, skip: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:

@@ -189,19 +189,22 @@ class CallGeometry:
         return cls((int(hw[0]), int(hw[1])), ratio, layout, bands, tuple(budgets))
 
 
+def flat_rows(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``idx [F, k]`` token indices of each of ``F`` frames of ``n`` tokens -> ``[F*k]`` row indices into the frames
+    flattened to ``[F*n]`` rows."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device).view(-1, 1) * n).reshape(-1)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x [F, N, C]``, ``idx [F, n]`` -> ``[F, n, C]`` (contiguous).
 
     One row gather over the flattened frames (``index_select``: whole rows, one index per row), not an
     element-wise ``gather`` with an expanded index."""
     Fr, N, C = x.shape
-    flat = (idx + torch.arange(Fr, device=idx.device).view(Fr, 1) * N).reshape(-1)
-    return x.reshape(Fr * N, C).index_select(0, flat).view(Fr, idx.shape[1], C)
+    return x.reshape(Fr * N, C).index_select(0, flat_rows(idx, N)).view(Fr, idx.shape[1], C)
 
 
 def scatter_rows(y_keep: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
     """``y_keep [F, n_keep, C]`` at rows ``keep [F, n_keep]`` of a zero ``[F, n, C]``."""
     Fr, _, C = y_keep.shape
-    flat = (keep + torch.arange(Fr, device=keep.device).view(Fr, 1) * n).reshape(-1)
-    out = y_keep.new_zeros(Fr * n, C)
-    return out.index_copy(0, flat, y_keep.reshape(-1, C)).view(Fr, n, C)
+    return y_keep.new_zeros(Fr * n, C).index_copy(0, flat_rows(keep, n), y_keep.reshape(-1, C)).view(Fr, n, C)
